@@ -1,0 +1,101 @@
+"""Service settings, read from the environment with the prefix OCRQ_."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+EngineName = Literal["auto", "deepseek-ocr", "rapidocr"]
+
+
+def default_data_dir() -> Path:
+    """Return the folder that holds the embedded database and local storage."""
+    return Path.home() / ".ocrq"
+
+
+class Settings(BaseSettings):
+    """Every setting of ocrq; the field name upper-cased with OCRQ_ in front is its variable."""
+
+    model_config = SettingsConfigDict(env_prefix="OCRQ_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Unset: SQLite in data_dir. Example: postgresql+psycopg://user@127.0.0.1:5432/ocrq
+    database_url: str | None = None
+    # Unset: embedded mode, tasks run in the calling process. Example: redis://127.0.0.1:6379/0
+    broker_url: str | None = None
+    # Unset: file:// under data_dir. Or s3://bucket/prefix (with s3_endpoint_url for non-AWS servers).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+    engine: EngineName = "auto"
+    model_path: Path | None = None
+    device: str = "cpu"
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+
+    # Input limits; each error message names the variable behind the limit.
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    max_pages: int = Field(default=500, gt=0)
+    max_page_pixels: int = Field(default=178_956_970, gt=0)  # Pillow's own bomb threshold x2
+    pdf_render_dpi: int = Field(default=144, ge=36, le=600)
+
+    # Worker behaviour.
+    max_attempts: int = Field(default=3, ge=1)
+    page_max_attempts: int = Field(default=2, ge=1)
+    task_time_limit_s: int = Field(default=3600, gt=0)
+    debug: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file://", "s3://")):
+            message = f"must start with file:// or s3://, got {value!r}"
+            raise ValueError(message)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """Return the configured database URL, or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'ocrq.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """Return the configured storage URL, or a folder under data_dir."""
+        if self.storage_url:
+            return self.storage_url
+        return f"file://{self.data_dir / 'storage'}"
+
+    @property
+    def embedded(self) -> bool:
+        """Return True when no broker is configured, so tasks run in-process."""
+        return not self.broker_url
+
+
+def load_settings() -> Settings:
+    """Build Settings from the environment; a bad value raises ConfigError naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            variable = "OCRQ_" + field.upper().replace(".", "__")
+            problems.append(f"{variable}: {error['msg']}")
+        message = "invalid settings: " + "; ".join(problems)
+        raise ConfigError(message) from exc
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, built on first use."""
+    return load_settings()
