@@ -1,0 +1,5 @@
+"""A small Python client of the ocrq HTTP API."""
+
+from client.client import ClientError, OcrqClient
+
+__all__ = ["ClientError", "OcrqClient"]
