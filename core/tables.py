@@ -48,6 +48,9 @@ class Job(Base):
     # Null until the broker accepted the task; the sweeper re-enqueues queued jobs left null.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Written by the attempt that holds the job at its start and after each page; a running job
+    # whose heartbeat is older than the task time limit has lost its worker and may be taken over.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
