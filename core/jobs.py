@@ -1,0 +1,350 @@
+"""The job service shared by the API and `ocrq run`: create, read, cancel and delete jobs.
+
+Order of writes when a job is created: the document is inspected (bad input never becomes a
+job), the input is stored, the job row is committed, and only then is the task enqueued. If the
+enqueue fails the job stays queued with enqueued_at unset, and sweep() sends it again later.
+
+Result documents are built here from the page rows, so the API can serve a running job's
+partial result and the worker writes the same shape to result.json.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from core.celery_app import enqueue_job
+from core.db import Database
+from core.documents import Limits, inspect_document
+from core.errors import ConflictError, InputError, NotFoundError, OcrError
+from core.logging import get_logger
+from core.settings import Settings
+from core.states import JobStatus, PageStatus
+from core.storage import Storage, input_key, job_prefixes, open_storage
+from core.tables import Job, Page, new_id, utcnow
+
+# The same names as models.engine.MODES and TASKS (core may not import models; a test pins it).
+JOB_MODES = ("tiny", "small", "base", "large", "gundam")
+JOB_TASKS = ("markdown", "ocr", "free", "figure", "describe", "locate")
+JOB_ENGINES = ("auto", "deepseek-ocr", "rapidocr")
+DEFAULT_MODE = "gundam"
+DEFAULT_TASK = "markdown"
+
+# Pages of a multi-page job's markdown are joined with DeepSeek-OCR's own page separator, on a
+# line of its own, so the joined text still splits back into pages with one str.split().
+PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
+
+# A queued job is re-enqueued by sweep() only after this grace, so a create_job() that is
+# still between its commit and its enqueue is not sent twice.
+SWEEP_GRACE_S = 30
+
+log = get_logger(__name__)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Return `moment` as an aware UTC datetime; SQLite hands back naive ones."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    aware = as_utc(moment)
+    return aware.isoformat().replace("+00:00", "Z") if aware else None
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """Return the public form of a job, as GET /v1/jobs/{id} sends it."""
+    error = None
+    if job.error_code:
+        error = {"code": job.error_code, "message": job.error_message or ""}
+    return {
+        "id": job.id,
+        "status": job.status,
+        "pages_total": job.pages_total,
+        "pages_done": job.pages_done,
+        "engine": job.engine,
+        "mode": job.mode,
+        "task": job.task,
+        "error": error,
+        "created_at": isoformat(job.created_at),
+        "started_at": isoformat(job.started_at),
+        "finished_at": isoformat(job.finished_at),
+    }
+
+
+def page_to_dict(page: Page) -> dict[str, Any]:
+    """Return one page of a result document; failed pages carry error {code, message}."""
+    stored = page.result or {}
+    error = None
+    if page.error_code:
+        error = {"code": page.error_code, "message": page.error_message or ""}
+    return {
+        "index": page.page_index,
+        "width": page.width,
+        "height": page.height,
+        "markdown": page.markdown or "",
+        "blocks": stored.get("blocks", []),
+        "finish_reason": stored.get("finish_reason"),
+        "timings_ms": stored.get("timings_ms", {}),
+        "status": page.status,
+        "error": error,
+    }
+
+
+def join_page_markdown(pages: Sequence[Page]) -> str:
+    """Join page markdowns in page order with PAGE_SEPARATOR.
+
+    A failed page keeps its place as an HTML comment naming its error code, so page k of the
+    split text is still page k of the document.
+    """
+    parts = []
+    for page in sorted(pages, key=lambda item: item.page_index):
+        if page.status == PageStatus.SUCCEEDED:
+            parts.append((page.markdown or "").strip())
+        else:
+            code = page.error_code or page.status
+            parts.append(f"<!-- ocrq: page {page.page_index + 1} not read ({code}) -->")
+    return PAGE_SEPARATOR.join(parts)
+
+
+def build_result(job_id: str, pages: Sequence[Page]) -> dict[str, Any]:
+    """Return the result document `{job_id, markdown, pages: [...]}` for these page rows."""
+    ordered = sorted(pages, key=lambda item: item.page_index)
+    return {
+        "job_id": job_id,
+        "markdown": join_page_markdown(ordered),
+        "pages": [page_to_dict(page) for page in ordered],
+    }
+
+
+def check_job_options(engine: str, mode: str, task: str, target: str | None) -> None:
+    """Raise InputError (422) when an engine, mode, task or locate target is invalid."""
+    choices = {
+        "engine": (engine, JOB_ENGINES),
+        "mode": (mode, JOB_MODES),
+        "task": (task, JOB_TASKS),
+    }
+    for field, (value, allowed) in choices.items():
+        if value not in allowed:
+            message = f"Expected {field} to be one of {', '.join(allowed)}, got {value!r}."
+            raise InputError(message, code=f"invalid_{field}", http_status=422)
+    if task == "locate" and not (target and target.strip()):
+        message = "Expected a target phrase for task 'locate', got none."
+        raise InputError(message, code="missing_target", http_status=422)
+
+
+class JobService:
+    """Create, read, cancel and delete jobs against one database and one storage."""
+
+    def __init__(self, settings: Settings, database: Database, storage: Storage) -> None:
+        self.settings = settings
+        self.database = database
+        self.storage = storage
+
+    @classmethod
+    def open(cls, settings: Settings) -> JobService:
+        """Build the service on the database and storage named in `settings`."""
+        return cls(settings, Database(settings.resolved_database_url), open_storage(settings))
+
+    def create_job(
+        self,
+        path: Path,
+        *,
+        filename: str | None = None,
+        engine: str | None = None,
+        mode: str = DEFAULT_MODE,
+        task: str = DEFAULT_TASK,
+        target: str | None = None,
+        webhook_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        password: str | None = None,
+    ) -> Job:
+        """Inspect, store, commit and enqueue a job for the document at `path`.
+
+        Raises InputError for a document or option the service cannot accept; nothing is
+        stored then. A job with the same idempotency_key is returned instead of a new one.
+        An enqueue failure is logged, not raised: the job stays queued for sweep().
+        """
+        engine = engine or self.settings.engine
+        check_job_options(engine, mode, task, target)
+        if idempotency_key:
+            existing = self.find_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return existing
+
+        info = inspect_document(path, Limits.from_settings(self.settings), password)
+
+        job_id = new_id()
+        key = input_key(job_id)
+        self.storage.put_file(key, path, content_type=info.media_type)
+
+        job = Job(
+            id=job_id,
+            status=JobStatus.QUEUED,
+            engine=engine,
+            mode=mode,
+            task=task,
+            target=target,
+            filename=filename,
+            media_type=info.media_type,
+            input_key=key,
+            size_bytes=path.stat().st_size,
+            pages_total=info.page_count,
+            pages_done=0,
+            attempt=0,
+            metadata_=metadata,
+            webhook_url=webhook_url,
+            idempotency_key=idempotency_key,
+        )
+        with self.database.session() as session:
+            session.add(job)
+        log.info(
+            "job.created",
+            job_id=job_id,
+            pages=info.page_count,
+            bytes=job.size_bytes,
+            media_type=info.media_type,
+            engine=engine,
+            mode=mode,
+            task=task,
+        )
+
+        self.enqueue(job_id)
+        return self.get_job(job_id)
+
+    def create_job_from_bytes(self, data: bytes, **options: Any) -> Job:
+        """Create a job from an in-memory document (see create_job for the options)."""
+        with tempfile.TemporaryDirectory(prefix="ocrq-upload-") as folder:
+            path = Path(folder) / "document"
+            path.write_bytes(data)
+            return self.create_job(path, **options)
+
+    def enqueue(self, job_id: str) -> bool:
+        """Enqueue the job and record enqueued_at; return False (and log) when it failed."""
+        try:
+            enqueue_job(job_id, self.settings)
+        except OcrError as exc:
+            log.warning("job.enqueue_failed", job_id=job_id, error_code=exc.code, error=exc.message)
+            return False
+
+        with self.database.session() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.enqueued_at is None:
+                job.enqueued_at = utcnow()
+        log.info("job.enqueued", job_id=job_id)
+        return True
+
+    def find_by_idempotency_key(self, idempotency_key: str) -> Job | None:
+        with self.database.session() as session:
+            statement = select(Job).where(Job.idempotency_key == idempotency_key).limit(1)
+            return session.scalars(statement).first()
+
+    def get_job(self, job_id: str) -> Job:
+        """Return the job row; raise NotFoundError for an unknown id."""
+        with self.database.session() as session:
+            return _load_job(session, job_id)
+
+    def get_job_dict(self, job_id: str) -> dict[str, Any]:
+        return job_to_dict(self.get_job(job_id))
+
+    def get_result(self, job_id: str) -> dict[str, Any]:
+        """Return the result document built from the page rows written so far."""
+        with self.database.session() as session:
+            job = _load_job(session, job_id)
+            return build_result(job.id, list(job.pages))
+
+    def get_result_markdown(self, job_id: str) -> str:
+        return str(self.get_result(job_id)["markdown"])
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Cancel a queued or running job; a running attempt stops before its next page.
+
+        Raises ConflictError when the job has already finished.
+        """
+        with self.database.session() as session:
+            job = _load_job(session, job_id, for_update=True)
+            if JobStatus(job.status).is_final:
+                message = (
+                    f"Job {job_id} is already {job.status}; only queued or running jobs cancel."
+                )
+                raise ConflictError(message, code="job_finished")
+            previous = job.status
+            job.status = JobStatus.CANCELED
+            job.finished_at = utcnow()
+        log.info("job.canceled", job_id=job_id, previous_status=previous)
+        return self.get_job(job_id)
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job's stored objects, then its rows.
+
+        Raises ConflictError while the job is queued or running (cancel it first).
+        """
+        job = self.get_job(job_id)
+        if not JobStatus(job.status).is_final:
+            message = f"Job {job_id} is still {job.status}; cancel it before deleting its data."
+            raise ConflictError(message, code="job_not_finished")
+
+        deleted = sum(self.storage.delete_prefix(prefix) for prefix in job_prefixes(job_id))
+        with self.database.session() as session:
+            row = session.get(Job, job_id)
+            if row is not None:
+                session.delete(row)
+        log.info("job.deleted", job_id=job_id, objects=deleted)
+
+    def cancel_or_delete(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job and return it; delete a finished one and return None."""
+        job = self.get_job(job_id)
+        if JobStatus(job.status).is_final:
+            self.delete_job(job_id)
+            return None
+        try:
+            return self.cancel_job(job_id)
+        except ConflictError:
+            # It finished between the two reads; its data goes as for any finished job.
+            self.delete_job(job_id)
+            return None
+
+    def sweep(self, grace_s: int = SWEEP_GRACE_S) -> list[str]:
+        """Re-enqueue jobs whose enqueue never happened and running jobs whose worker is gone.
+
+        A running job counts as abandoned when its heartbeat is older than the task time
+        limit; the pipeline's lease lets the new attempt take it over. Returns the job ids sent.
+        """
+        now = utcnow()
+        never_enqueued = (
+            (Job.status == JobStatus.QUEUED)
+            & Job.enqueued_at.is_(None)
+            & (Job.created_at < now - timedelta(seconds=grace_s))
+        )
+        abandoned = (Job.status == JobStatus.RUNNING) & (
+            Job.heartbeat_at < now - timedelta(seconds=self.settings.task_time_limit_s)
+        )
+        with self.database.session() as session:
+            statement = (
+                select(Job.id).where(or_(never_enqueued, abandoned)).order_by(Job.created_at)
+            )
+            job_ids = list(session.scalars(statement))
+
+        sent = [job_id for job_id in job_ids if self.enqueue(job_id)]
+        if job_ids:
+            log.info("sweep.finished", found=len(job_ids), enqueued=len(sent))
+        return sent
+
+
+def _load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:
+    job = session.get(Job, job_id, with_for_update=for_update)
+    if job is None:
+        raise NotFoundError(f"Job {job_id} was not found.", code="job_not_found")
+    # Page rows are needed after the session closes (expire_on_commit is off).
+    _ = list(job.pages)
+    return job
