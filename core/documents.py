@@ -46,6 +46,12 @@ BMP = "image/bmp"
 GIF = "image/gif"
 ACCEPTED_MEDIA_TYPES = (PDF, TIFF, PNG, JPEG, WEBP, BMP, GIF)
 
+# Oversized PDF pages are rendered below pdf_render_dpi down to this resolution, where 10 pt
+# text is still 10 px high. A page that would need less is rejected.
+MIN_PDF_RENDER_DPI = 72
+# JPEG decoders can scale by 1/2, 1/4 or 1/8 while decoding, so an oversized JPEG is reduced.
+_JPEG_REDUCTIONS = (2, 4, 8)
+
 # An image covering at least this share of the page area (a scan) may raise the render scale.
 _SCAN_COVERAGE = 0.5
 # Sizes of the BMP info headers Pillow reads (BITMAPCOREHEADER up to BITMAPV5HEADER).
@@ -79,7 +85,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class DocumentInfo:
-    """What inspect_document found: the sniffed type, the page count and each page's raster size."""
+    """Result of inspect_document: the sniffed type, the page count and each page's raster size."""
 
     media_type: str
     page_count: int
@@ -94,7 +100,7 @@ def sniff_media_type(head: bytes) -> str:
         message = "Expected a document, but the file is empty."
         raise InputError(message, code="unreadable_document", http_status=422)
 
-    if b"%PDF-" in head[:SNIFF_BYTES]:
+    if head.startswith(b"%PDF-"):
         return PDF
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return TIFF
@@ -108,6 +114,9 @@ def sniff_media_type(head: bytes) -> str:
         return GIF
     if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
         return BMP
+    # PDF readers also accept a header after leading junk, but a ZIP archive may hold a PDF.
+    if not head.startswith(b"PK") and b"%PDF-" in head[:SNIFF_BYTES]:
+        return PDF
 
     accepted = ", ".join(ACCEPTED_MEDIA_TYPES)
     message = (
@@ -148,7 +157,7 @@ def read_media_type(path: Path, limits: Limits) -> str:
 
 
 def check_page_count(page_count: int, limits: Limits, *, at_least: bool = False) -> None:
-    """Raise too_many_pages when page_count exceeds max_pages; at_least marks a count cut short."""
+    """Raise too_many_pages when page_count exceeds max_pages (at_least: counting stopped early)."""
     if page_count <= limits.max_pages:
         return
     counted = f"more than {page_count - 1}" if at_least else str(page_count)
@@ -185,9 +194,9 @@ def unreadable(message: str) -> InputError:
 def open_pdf(path: Path, password: str | None = None) -> Iterator[pdfium.PdfDocument]:
     """Open a PDF with PDFium (nothing rendered) and close it on exit.
 
-    The caller holds no lock while using the document, so it must take PDFIUM_LOCK around
-    each PDFium call itself. An empty password counts as none; PDFium always tries the
-    empty user password, so such PDFs open without one.
+    The lock is not held while the caller uses the document, so the caller must take
+    PDFIUM_LOCK around each PDFium call. An empty password counts as none, and PDFium always
+    tries the empty user password, so PDFs encrypted with one open without a password.
     """
     with PDFIUM_LOCK:
         document = _load_pdf(path, password or None)
@@ -199,12 +208,12 @@ def open_pdf(path: Path, password: str | None = None) -> Iterator[pdfium.PdfDocu
 
 
 def pdf_render_scale(page: pdfium.PdfPage, page_index: int, limits: Limits) -> float:
-    """Decide the scale (pixels per point) a PDF page is rendered at, and check its pixel count.
+    """Decide the scale (pixels per point) a PDF page is rendered at, within max_page_pixels.
 
-    The base is pdf_render_dpi. A scanned page whose image has more pixels than the base
-    would give is rendered at the image's own resolution instead, reduced to fit
-    max_page_pixels: a 2400 dpi scan on a 120x86 pt page gives 240x172 px at 144 dpi, too
-    small to read. Only the base size can exceed the limit, and then the page is rejected.
+    The target is pdf_render_dpi. A scanned page whose image has more pixels than that gives
+    is rendered at the image's own resolution instead, because a 2400 dpi scan on a 120x86 pt
+    page would give 240x172 px at 144 dpi, too small to read. A page over max_page_pixels at
+    the target is rendered smaller, down to MIN_PDF_RENDER_DPI, and rejected below that.
     Call with PDFIUM_LOCK held.
     """
     width_pt, height_pt = page.get_size()
@@ -213,22 +222,14 @@ def pdf_render_scale(page: pdfium.PdfPage, page_index: int, limits: Limits) -> f
         raise unreadable(message)
 
     base_scale = limits.pdf_render_dpi / POINTS_PER_INCH
-    check_page_pixels(
-        page_index,
-        pdf_render_size(width_pt, height_pt, base_scale),
-        limits,
-        dpi=limits.pdf_render_dpi,
-    )
+    target_scale = max(base_scale, _scan_image_scale(page, width_pt * height_pt))
+    scale = _fit_scale(width_pt, height_pt, target_scale, limits.max_page_pixels)
 
-    image_scale = _scan_image_scale(page, width_pt * height_pt)
-    if image_scale <= base_scale:
-        return base_scale
-
-    # Largest scale within max_page_pixels; ceil() in the render size may add a row, so step down.
-    scale = min(image_scale, math.sqrt(limits.max_page_pixels / (width_pt * height_pt)))
-    while scale > base_scale and _pixel_count(width_pt, height_pt, scale) > limits.max_page_pixels:
-        scale *= 0.999
-    return max(scale, base_scale)
+    min_dpi = min(MIN_PDF_RENDER_DPI, limits.pdf_render_dpi)
+    if scale < min_dpi / POINTS_PER_INCH:
+        size_px = pdf_render_size(width_pt, height_pt, min_dpi / POINTS_PER_INCH)
+        check_page_pixels(page_index, size_px, limits, dpi=min_dpi)
+    return scale
 
 
 def pdf_render_size(width_pt: float, height_pt: float, scale: float) -> tuple[int, int]:
@@ -256,7 +257,7 @@ def _inspect_pdf(path: Path, limits: Limits, password: str | None) -> tuple[tupl
 
 
 def load_pdf_page(document: pdfium.PdfDocument, page_index: int) -> pdfium.PdfPage:
-    """Load one page's objects (not rendered); call with PDFIUM_LOCK held."""
+    """Load one page's objects without rendering it. Call with PDFIUM_LOCK held."""
     try:
         return document[page_index]
     except pdfium.PdfiumError as exc:
@@ -310,6 +311,17 @@ def _scan_image_scale(page: pdfium.PdfPage, page_area_pt2: float) -> float:
     return best_scale
 
 
+def _fit_scale(width_pt: float, height_pt: float, scale: float, max_pixels: int) -> float:
+    """Return scale, or the largest smaller scale whose render stays within max_pixels."""
+    if _pixel_count(width_pt, height_pt, scale) <= max_pixels:
+        return scale
+    scale = math.sqrt(max_pixels / (width_pt * height_pt))
+    # pdf_render_size rounds each side up, which can add a row or column, so step down.
+    while _pixel_count(width_pt, height_pt, scale) > max_pixels:
+        scale *= 0.999
+    return scale
+
+
 def _pixel_count(width_pt: float, height_pt: float, scale: float) -> int:
     width, height = pdf_render_size(width_pt, height_pt, scale)
     return width * height
@@ -328,7 +340,7 @@ _IMAGE_PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
 
 
 def open_image(path: Path, media_type: str) -> ImageFile.ImageFile:
-    """Open an image file by reading its header only; the caller closes it.
+    """Open an image file by reading its header only, for the caller to close.
 
     The format plugin is called directly rather than through Image.open, so Pillow's
     MAX_IMAGE_PIXELS check does not run first and max_page_pixels decides instead.
@@ -342,7 +354,7 @@ def open_image(path: Path, media_type: str) -> ImageFile.ImageFile:
 
 
 def seek_image_page(image: ImageFile.ImageFile, page_index: int) -> None:
-    """Move an open image to a page; reads that frame's header, not its pixels."""
+    """Move an open image to a page, reading that frame's header but not its pixels."""
     try:
         image.seek(page_index)
     except EOFError as exc:
@@ -350,6 +362,23 @@ def seek_image_page(image: ImageFile.ImageFile, page_index: int) -> None:
     except _PIL_OPEN_ERRORS as exc:
         message = f"Expected a readable image, but the header of page {page_index + 1} is corrupt."
         raise unreadable(message) from exc
+
+
+def fit_image_page(image: ImageFile.ImageFile, page_index: int, limits: Limits) -> None:
+    """Check the current frame against max_page_pixels before any pixel is decoded.
+
+    An oversized JPEG is set to decode at 1/2, 1/4 or 1/8 scale (Image.draft), which changes
+    image.size and bounds the decoder's memory. Any other oversized image is rejected.
+    """
+    width, height = image.size
+    if width * height <= limits.max_page_pixels:
+        return
+
+    # draft() returns None without reducing when the JPEG has several tiles or was drafted before.
+    reduction = _jpeg_reduction(image, limits.max_page_pixels)
+    if reduction is not None and image.draft(None, (width // reduction, height // reduction)):
+        width, height = image.size
+    check_page_pixels(page_index, (width, height), limits)
 
 
 def oriented_size(image: ImageFile.ImageFile) -> tuple[int, int]:
@@ -376,6 +405,18 @@ def _exif_orientation(image: ImageFile.ImageFile) -> int:
     return orientation if isinstance(orientation, int) else 1
 
 
+def _jpeg_reduction(image: ImageFile.ImageFile, max_pixels: int) -> int | None:
+    """Return the smallest JPEG decode reduction that fits max_pixels, or None if none does."""
+    if not isinstance(image, JpegImagePlugin.JpegImageFile):
+        return None
+    width, height = image.size
+    for reduction in _JPEG_REDUCTIONS:
+        reduced_pixels = math.ceil(width / reduction) * math.ceil(height / reduction)
+        if reduced_pixels <= max_pixels:
+            return reduction
+    return None
+
+
 def _inspect_image(path: Path, media_type: str, limits: Limits) -> tuple[tuple[int, int], ...]:
     sizes: list[tuple[int, int]] = []
     with open_image(path, media_type) as image:
@@ -387,7 +428,7 @@ def _inspect_image(path: Path, media_type: str, limits: Limits) -> tuple[tuple[i
 
         for page_index in range(counted):
             seek_image_page(image, page_index)
-            check_page_pixels(page_index, image.size, limits)
+            fit_image_page(image, page_index, limits)
             sizes.append(oriented_size(image))
     return tuple(sizes)
 

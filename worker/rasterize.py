@@ -24,7 +24,7 @@ from core.documents import (
     TIFF,
     Limits,
     check_page_count,
-    check_page_pixels,
+    fit_image_page,
     load_pdf_page,
     open_image,
     open_pdf,
@@ -174,7 +174,7 @@ def _iter_image_pages(
 
 def _decode_image_page(image: ImageFile.ImageFile, index: int, limits: Limits) -> Image.Image:
     """Decode the current frame after checking its header size, then make it upright RGB."""
-    check_page_pixels(index, image.size, limits)
+    fit_image_page(image, index, limits)
     try:
         image.load()
         orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
