@@ -89,6 +89,7 @@ def test_verify_webhook_rejects_json_array_body() -> None:
         verify_webhook(secret, headers, body, now=NOW_S)
 
 
+SECRET = server.generate_secret()
 Tamper = Callable[[dict[str, str], bytes], tuple[dict[str, str], bytes]]
 TAMPERING: dict[str, Tamper] = {
     "untouched": lambda headers, body: (headers, body),
@@ -131,7 +132,6 @@ TAMPERING: dict[str, Tamper] = {
         body,
     ),
 }
-SECRET = server.generate_secret()
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
