@@ -1,0 +1,231 @@
+"""Job routes under /v1: submit a document, read a job and its result, cancel or delete it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from api.deps import JobServiceDep
+from api.schemas import ErrorBody, JobPublic, JobResult
+from api.upload import MAX_FIELD_BYTES, read_upload
+from core.errors import ConflictError, InputError, NotFoundError
+from core.jobs import DEFAULT_MODE, DEFAULT_TASK, JOB_MODES, JOB_TASKS, JobService, job_to_dict
+from core.logging import get_logger
+from core.states import JobStatus
+
+# Form fields POST /v1/jobs accepts beside the file.
+JOB_FIELDS = ("mode", "task", "target", "webhook_url", "metadata", "password")
+
+log = get_logger(__name__)
+router = APIRouter(tags=["jobs"])
+
+_JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no job has this id"},
+}
+_MODE_SCHEMA = {"type": "string", "enum": list(JOB_MODES), "default": DEFAULT_MODE}
+_TASK_SCHEMA = {"type": "string", "enum": list(JOB_TASKS), "default": DEFAULT_TASK}
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "mode": _MODE_SCHEMA,
+                        "task": _TASK_SCHEMA,
+                        "target": {"type": "string", "description": "phrase for task locate"},
+                        "webhook_url": {"type": "string", "format": "uri"},
+                        "metadata": {"type": "string", "description": "a JSON object"},
+                        "password": {"type": "string", "description": "for encrypted PDFs"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra=_UPLOAD_SCHEMA,
+    responses={
+        200: {"model": JobPublic, "description": "an earlier job with this Idempotency-Key"},
+        413: {"model": ErrorBody, "description": "file over OCRQ_MAX_FILE_BYTES"},
+        415: {"model": ErrorBody, "description": "not a supported document type"},
+        422: {"model": ErrorBody, "description": "unreadable document, over a limit, bad option"},
+    },
+)
+async def create_job(
+    request: Request,
+    service: JobServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    """Accept a document (multipart field `file`) and queue a job for it.
+
+    The document is checked (size, type by content, page count and size, PDF password) before
+    anything is stored or queued.
+    """
+    if idempotency_key:
+        earlier = await run_in_threadpool(service.find_by_idempotency_key, idempotency_key)
+        if earlier is not None:
+            return _job_response(job_to_dict(earlier), status_code=200)
+
+    upload = await read_upload(
+        request, max_file_bytes=service.settings.max_file_bytes, temp_dir=None
+    )
+    try:
+        options = parse_job_options(upload.fields)
+        assert upload.path is not None
+        job = await run_in_threadpool(
+            lambda: service.create_job(
+                upload.path,  # type: ignore[arg-type]
+                filename=upload.filename,
+                idempotency_key=idempotency_key,
+                **options,
+            )
+        )
+    except InputError as exc:
+        log.info("job.rejected", code=exc.code, bytes=upload.size_bytes)
+        raise
+    finally:
+        upload.discard()
+    return _job_response(job_to_dict(job), status_code=202)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=_JOB_RESPONSES)
+def read_job(job_id: str, service: JobServiceDep) -> dict[str, Any]:
+    """Return the job's status, page counts and error."""
+    return service.get_job_dict(parse_job_id(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_model=JobResult,
+    responses={
+        **_JOB_RESPONSES,
+        409: {"model": ErrorBody, "description": "the job is still queued or running"},
+    },
+)
+def read_result(job_id: str, service: JobServiceDep) -> dict[str, Any]:
+    """Return a finished job's markdown and per-page results (blocks, timings)."""
+    job_id = parse_job_id(job_id)
+    _require_finished(service, job_id)
+    return service.get_result(job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/result.md",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/markdown": {}}, "description": "the document markdown"},
+        **_JOB_RESPONSES,
+        409: {"model": ErrorBody, "description": "the job is still queued or running"},
+    },
+)
+def read_result_markdown(job_id: str, service: JobServiceDep) -> PlainTextResponse:
+    """Return a finished job's document markdown, pages joined by the page separator."""
+    job_id = parse_job_id(job_id)
+    _require_finished(service, job_id)
+    markdown = service.get_result_markdown(job_id)
+    return PlainTextResponse(markdown, media_type="text/markdown; charset=utf-8")
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobPublic,
+    responses={
+        200: {"model": JobPublic, "description": "the queued job is canceled"},
+        202: {"model": JobPublic, "description": "the running job stops before its next page"},
+        204: {"description": "the finished job and its stored data are deleted"},
+        **_JOB_RESPONSES,
+    },
+)
+def delete_job(job_id: str, service: JobServiceDep) -> Response:
+    """Cancel a queued or running job, or delete a finished job and its stored data."""
+    job_id = parse_job_id(job_id)
+    previous = service.get_job(job_id).status
+    job = service.cancel_or_delete(job_id)
+    if job is None:
+        return Response(status_code=204)
+    status_code = 202 if previous == JobStatus.RUNNING else 200
+    return JSONResponse(job_to_dict(job), status_code=status_code)
+
+
+def parse_job_id(job_id: str) -> str:
+    """Return the job id in canonical form; a malformed id is reported as not found (404)."""
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        message = f"Job {job_id[:64]!r} was not found; job ids are UUIDs."
+        raise NotFoundError(message, code="job_not_found") from None
+
+
+def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
+    """Turn the form fields into create_job's keyword arguments; raise InputError (422) when bad.
+
+    The service checks mode, task and target against their allowed values.
+    """
+    unknown = sorted(set(fields) - set(JOB_FIELDS))
+    if unknown:
+        message = (
+            f"Unknown form field {unknown[0]!r}; expected file and any of {', '.join(JOB_FIELDS)}."
+        )
+        raise InputError(message, code="unknown_field")
+
+    options: dict[str, Any] = {
+        "mode": fields.get("mode") or DEFAULT_MODE,
+        "task": fields.get("task") or DEFAULT_TASK,
+        "target": fields.get("target") or None,
+        "password": fields.get("password") or None,
+        "webhook_url": None,
+        "metadata": None,
+    }
+
+    webhook_url = fields.get("webhook_url")
+    if webhook_url:
+        parsed = urlparse(webhook_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            message = f"Expected webhook_url to be an http or https URL, got {webhook_url[:200]!r}."
+            raise InputError(message, code="invalid_webhook_url")
+        options["webhook_url"] = webhook_url
+
+    raw_metadata = fields.get("metadata")
+    if raw_metadata:
+        try:
+            metadata = json.loads(raw_metadata)
+        except ValueError:
+            metadata = None
+        if not isinstance(metadata, dict):
+            message = (
+                "Expected metadata to be a JSON object of at most "
+                f"{MAX_FIELD_BYTES} bytes, got something else."
+            )
+            raise InputError(message, code="invalid_metadata")
+        options["metadata"] = metadata
+    return options
+
+
+def _require_finished(service: JobService, job_id: str) -> None:
+    status = JobStatus(service.get_job(job_id).status)
+    if not status.is_final:
+        message = (
+            f"Job {job_id} is still {status.value}; its result is ready once the status is "
+            "succeeded, partial, failed or canceled."
+        )
+        raise ConflictError(message, code="job_not_finished")
+
+
+def _job_response(job: dict[str, Any], *, status_code: int) -> JSONResponse:
+    location = f"/v1/jobs/{job['id']}"
+    return JSONResponse(job, status_code=status_code, headers={"Location": location})
