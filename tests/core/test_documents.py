@@ -394,9 +394,7 @@ def test_inspect_document_rejects_png_bomb_header(tmp_path: Path) -> None:
     assert duration_s < 1.0
 
 
-def test_inspect_document_bomb_check_does_not_rely_on_pillow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bomb_check_without_pillow_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With Pillow's own bomb check disabled the limit still holds, so max_page_pixels decides."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     path = write_file(tmp_path, "bomb.png", make_png_header(100_000, 100_000))
@@ -432,7 +430,7 @@ def test_inspect_document_never_decodes_image_pixels(
     assert error.code == "page_too_large"
 
 
-def test_inspect_document_rejects_pdf_page_too_large_at_min_dpi(tmp_path: Path) -> None:
+def test_inspect_rejects_page_below_min_dpi(tmp_path: Path) -> None:
     path = write_file(tmp_path, "poster.pdf", make_pdf([(612, 792), (7_200, 7_200)]))
 
     error = inspect_error(path, make_limits(max_page_pixels=10_000_000))
@@ -485,7 +483,7 @@ def test_inspect_document_sizes_2400dpi_scan_from_image() -> None:
     assert abs(height - 2_864) <= 1
 
 
-def test_inspect_document_caps_2400dpi_scan_at_max_page_pixels() -> None:
+def test_inspect_caps_2400dpi_scan() -> None:
     limits = make_limits(max_page_pixels=2_000_000)
 
     info = inspect_document(CORPUS / "2400dpi.pdf", limits)

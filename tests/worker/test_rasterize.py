@@ -271,7 +271,7 @@ def test_iter_pages_swaps_size_for_exif_rotation(tmp_path: Path) -> None:
 
 
 def test_iter_pages_scales_16_bit_grey_png() -> None:
-    """i_trns.png is 16-bit grey with tRNS grey 255, which turns white; other values scale."""
+    """i_trns.png is 16-bit grey whose tRNS grey 255 turns white, and other values scale."""
     (page,) = iter_pages(CORPUS / "i_trns.png", make_limits())
 
     with Image.open(CORPUS / "i_trns.png") as stored:
@@ -324,7 +324,7 @@ def test_iter_pages_flattens_alpha_on_white(tmp_path: Path) -> None:
 
 
 def test_iter_pages_test_ocr_png_is_rgb() -> None:
-    """test-ocr.png is RGBA; it is fully opaque, so flattening keeps its colours."""
+    """test-ocr.png is RGBA but fully opaque, so flattening keeps its colours."""
     (page,) = iter_pages(CORPUS / "test-ocr.png", make_limits())
 
     with Image.open(CORPUS / "test-ocr.png") as stored:
