@@ -1,7 +1,7 @@
 """Verify the webhooks ocrq sends, on the receiving side.
 
 ocrq signs deliveries with Standard Webhooks 1.0 (https://www.standardwebhooks.com/): the
-`webhook-signature` header holds space-separated `v1,<base64 HMAC-SHA256>` values over
+`webhook-signature` header contains space-separated `v1,<base64 HMAC-SHA256>` values over
 `f"{webhook-id}.{webhook-timestamp}."` followed by the raw body, keyed with the base64 bytes
 after the `whsec_` prefix of the endpoint secret. Any Standard Webhooks library verifies them too.
 

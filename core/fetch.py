@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import structlog
@@ -34,7 +35,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class FetchedFile:
-    """A downloaded file and what the server said about it."""
+    """A downloaded file with the metadata of the response that delivered it."""
 
     path: Path
     size: int  # bytes written, after any content decoding
@@ -102,7 +103,11 @@ def _send_pinned(
     client: httpx.Client, target: ResolvedTarget, deadline: float, timeout_s: float
 ) -> httpx.Response:
     """Send GET to the checked addresses in turn and return the first streamed response."""
-    original = httpx.URL(target.url)
+    try:
+        original = httpx.URL(target.url)
+    except httpx.InvalidURL as exc:
+        message = f"URL {_describe(target.url)} is not valid: {exc}"
+        raise InputError(message, code="invalid_url") from exc
     headers = {
         # netloc is the IDNA-encoded host with any explicit port, as the Host header needs.
         "Host": original.netloc.decode("ascii"),
@@ -115,7 +120,8 @@ def _send_pinned(
     for address in target.addresses:
         remaining_s = _remaining_s(deadline, timeout_s, target)
         # NOTE: httpx applies the read timeout per read, so a server that stalls mid-body can hold
-        # the download up to remaining_s past the last chunk: at most twice timeout_s in total.
+        # the download up to remaining_s past the last chunk, at most twice timeout_s in total.
+        # Name resolution in check_url is bounded by the resolver's own timeout, not by this one.
         pinned_url = original.copy_with(host=address.split("%", 1)[0])
         request = client.build_request(
             "GET", pinned_url, headers=headers, timeout=remaining_s, extensions=extensions
@@ -142,7 +148,11 @@ def _redirect_location(current_url: str, response: httpx.Response) -> str:
             f"URL {_describe(current_url)} returned HTTP {response.status_code} without a Location"
         )
         raise InputError(message, code="url_fetch_failed")
-    return str(httpx.URL(current_url).join(location))
+    try:
+        return str(httpx.URL(current_url).join(location))
+    except httpx.InvalidURL as exc:
+        message = f"URL {_describe(current_url)} redirected to an invalid Location: {exc}"
+        raise InputError(message, code="invalid_url") from exc
 
 
 def _raise_for_status(target: ResolvedTarget, response: httpx.Response) -> None:
@@ -165,7 +175,7 @@ def _save_body(
 ) -> FetchedFile:
     """Stream the body to a partial file within the byte and time limits, then move it to dest."""
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
 
     partial = dest.with_name(dest.name + ".part")
@@ -219,6 +229,10 @@ def _too_large(size: int, max_bytes: int) -> InputError:
 
 
 def _describe(url: str) -> str:
-    """Return the URL without its query string, which may hold presigned credentials."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(query=None, fragment=None))
+    """Return the URL without user info, query or fragment, which may carry credentials."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(invalid URL)"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -6,8 +6,8 @@ when the host name is a known internal name. Entries of OCRQ_URL_ALLOWLIST (host
 CIDRs) lift the block, for example for an S3 server on the private network.
 
 The checked addresses are returned, and the caller must connect to one of them instead of resolving
-the name again: a DNS server that answers with a public address for the check and a private one for
-the connection (DNS rebinding) would otherwise get past the guard. core/fetch.py does this.
+the name again. Otherwise a DNS server could return a public address for the check and a private one
+for the connection (DNS rebinding). core/fetch.py connects this way.
 """
 
 from __future__ import annotations
@@ -185,7 +185,8 @@ def _split_url(url: str) -> tuple[str, str, int]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        message = f"URL {url!r} is not a valid URL: {exc}"
+        # The URL itself stays out of messages: presigned URLs carry credentials.
+        message = f"URL is not valid: {exc}"
         raise InputError(message, code="invalid_url") from exc
 
     scheme = parts.scheme.lower()
@@ -197,7 +198,7 @@ def _split_url(url: str) -> tuple[str, str, int]:
         raise InputError(message, code="invalid_url")
     host = (parts.hostname or "").rstrip(".")
     if not host:
-        message = f"URL {url!r} has no host"
+        message = "URL has no host"
         raise InputError(message, code="invalid_url")
     return scheme, host, port if port is not None else DEFAULT_PORTS[scheme]
 

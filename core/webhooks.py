@@ -68,7 +68,7 @@ class WebhookVerificationError(Exception):
 
 
 class DeliveryVerdict(enum.StrEnum):
-    """What the delivery worker does after one attempt."""
+    """The delivery worker's next step after one attempt."""
 
     SUCCEEDED = "succeeded"
     RETRY = "retry"
@@ -240,7 +240,7 @@ def classify_response(
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Return the seconds a Retry-After value asks for, clamped to [0, MAX_RETRY_AFTER_S].
+    """Return the seconds a Retry-After value requests, clamped to [0, MAX_RETRY_AFTER_S].
 
     Returns None when the value is missing or is neither whole seconds nor an HTTP date.
     """
@@ -248,7 +248,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return None
     text = value.strip()
 
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(min(int(text), MAX_RETRY_AFTER_S))
 
     try:
@@ -283,8 +283,9 @@ def build_event(
 ) -> dict[str, Any]:
     """Build a thin event payload: `{id, type, timestamp, data}`.
 
-    `data` holds the job or batch id, its status, its counters (for example pages_total and
+    `data` contains the job or batch id, its status, its counters (for example pages_total and
     pages_done) and the result URL. job.* events need job_id and batch.completed needs batch_id.
+    A naive timestamp is taken as UTC.
     """
     if event_type not in EVENT_TYPES:
         message = f"event type must be one of {sorted(EVENT_TYPES)}, got {event_type!r}"
@@ -302,6 +303,8 @@ def build_event(
     if batch_id is not None:
         data["batch_id"] = batch_id
     moment = timestamp if timestamp is not None else datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
     return {
         "id": event_id if event_id is not None else new_event_id(),
         "type": event_type,

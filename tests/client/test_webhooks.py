@@ -71,7 +71,7 @@ def test_verify_webhook_rejects_malformed_secret() -> None:
         verify_webhook("whsec_not base64!", make_delivery(secret), BODY, now=NOW_S)
 
 
-def test_verify_webhook_rejects_signed_body_that_is_not_json() -> None:
+def test_verify_webhook_rejects_non_json_body() -> None:
     secret = server.generate_secret()
     body = b"not json"
     headers = server.build_headers(secret, "msg_1", NOW_S, body)

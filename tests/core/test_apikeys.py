@@ -58,7 +58,7 @@ def test_verify_api_key_rejects_other_key() -> None:
     assert not verify_api_key(other.plaintext, key.key_hash)
 
 
-def test_verify_api_key_rejects_key_differing_in_last_character() -> None:
+def test_verify_api_key_rejects_last_character_change() -> None:
     key = generate_api_key()
     last = "A" if key.plaintext[-1] != "A" else "B"
 

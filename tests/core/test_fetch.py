@@ -287,7 +287,7 @@ def test_fetch_url_reports_refused_connection_as_transient(tmp_path: Path) -> No
 
 
 def make_rebinding_resolver(calls: list[str]) -> Callable[[str, int], list[str]]:
-    """Return a resolver that answers 127.0.0.1 once, then a blocked address."""
+    """Return a resolver that returns 127.0.0.1 once, then a blocked address."""
 
     def resolve(host: str, port: int) -> list[str]:
         calls.append(host)

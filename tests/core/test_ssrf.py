@@ -101,7 +101,7 @@ def test_check_url_rejects_name_resolving_to_blocked_address(address: str, label
     assert caught.value.code == "url_not_allowed"
 
 
-def test_check_url_rejects_when_any_resolved_address_is_blocked() -> None:
+def test_check_url_rejects_any_blocked_address() -> None:
     resolve = make_resolver(PUBLIC_V4, "10.0.0.5")
 
     with pytest.raises(InputError, match="10.0.0.5"):
@@ -188,14 +188,14 @@ def test_check_url_allowlisted_host_skips_name_block() -> None:
     assert target.addresses == ("127.0.0.1",)
 
 
-def test_check_url_allowlist_by_host_does_not_cover_other_hosts() -> None:
+def test_check_url_allowlist_host_is_exact() -> None:
     resolve = make_resolver("10.0.0.5")
 
     with pytest.raises(InputError, match="private"):
         check_url("http://other.example/a.pdf", ["files.internal.example"], resolve=resolve)
 
 
-def test_check_url_allowlist_cidr_does_not_cover_other_networks() -> None:
+def test_check_url_allowlist_cidr_is_exact() -> None:
     with pytest.raises(InputError, match="private"):
         check_url("http://192.168.1.1/", ["10.0.0.0/8"])
 
@@ -242,6 +242,17 @@ def test_check_url_rejects_invalid_url(url: str) -> None:
         check_url(url)
 
     assert caught.value.code == "invalid_url"
+
+
+def test_check_url_keeps_query_out_of_messages() -> None:
+    """Presigned URLs carry credentials in the query string."""
+    with pytest.raises(InputError) as caught:
+        check_url("http://10.0.0.1/a.pdf?X-Amz-Signature=secret")
+    with pytest.raises(InputError) as invalid:
+        check_url("http://8.8.8.8:99999/a.pdf?X-Amz-Signature=secret")
+
+    assert "secret" not in caught.value.message
+    assert "secret" not in invalid.value.message
 
 
 def test_check_url_treats_unknown_host_as_input_error() -> None:

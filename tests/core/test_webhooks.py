@@ -225,7 +225,7 @@ def test_next_attempt_at_waits_for_longer_retry_after() -> None:
     assert when == NOW + timedelta(seconds=120)
 
 
-def test_next_attempt_at_keeps_schedule_when_retry_after_is_shorter() -> None:
+def test_next_attempt_at_ignores_shorter_retry_after() -> None:
     when = webhooks.next_attempt_at(3, NOW, random.Random(0), retry_after_s=1)
 
     assert when is not None
@@ -285,7 +285,7 @@ def test_parse_retry_after_clamps_past_date_to_zero() -> None:
     assert webhooks.parse_retry_after(past, now=NOW) == 0
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5"])
+@pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5", "\u00b2"])
 def test_parse_retry_after_ignores_invalid_values(value: str | None) -> None:
     assert webhooks.parse_retry_after(value, now=NOW) is None
 
@@ -326,6 +326,19 @@ def test_build_event_for_batch() -> None:
     assert event["data"]["batch_id"] == "b-1"
     assert "job_id" not in event["data"]
     assert event["id"].startswith("msg_")
+
+
+def test_build_event_reads_naive_timestamp_as_utc() -> None:
+    event = webhooks.build_event(
+        "job.failed",
+        job_id="j",
+        status="failed",
+        counters={},
+        result_url=None,
+        timestamp=datetime(2026, 12, 4, 12, 0, 0),
+    )
+
+    assert event["timestamp"] == "2026-12-04T12:00:00Z"
 
 
 def test_build_event_rejects_unknown_type() -> None:
