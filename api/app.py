@@ -15,9 +15,6 @@ from api.schemas import ErrorBody
 from core.jobs import JobService
 from core.settings import Settings, get_settings
 
-API_PREFIX = "/v1"
-
-
 def create_app(
     settings: Settings | None = None, *, job_service: JobService | None = None
 ) -> FastAPI:
@@ -51,5 +48,5 @@ def create_app(
     install_error_handlers(app, debug=settings.debug)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.request_metrics)
     app.include_router(health.router)
-    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(jobs.router)
     return app

@@ -73,6 +73,5 @@ def _request_id(scope: Scope) -> str:
 
 def _route_template(scope: Scope) -> str:
     """Return the matched route's path template, so ids do not explode the metric labels."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return str(path) if isinstance(path, str) else "unmatched"
+    path: object = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"

@@ -19,11 +19,12 @@ from core.jobs import DEFAULT_MODE, DEFAULT_TASK, JOB_MODES, JOB_TASKS, JobServi
 from core.logging import get_logger
 from core.states import JobStatus
 
+API_PREFIX = "/v1"
 # Form fields POST /v1/jobs accepts beside the file.
 JOB_FIELDS = ("mode", "task", "target", "webhook_url", "metadata", "password")
 
 log = get_logger(__name__)
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 
 _JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no job has this id"},
@@ -227,5 +228,5 @@ def _require_finished(service: JobService, job_id: str) -> None:
 
 
 def _job_response(job: dict[str, Any], *, status_code: int) -> JSONResponse:
-    location = f"/v1/jobs/{job['id']}"
+    location = f"{API_PREFIX}/jobs/{job['id']}"
     return JSONResponse(job, status_code=status_code, headers={"Location": location})

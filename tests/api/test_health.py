@@ -1,0 +1,165 @@
+"""Health, readiness, metrics, request ids and the error bodies of routes outside /v1/jobs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from core.jobs import JobService
+from core.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.services
+
+
+def test_healthz_returns_ok(make_client: Callable[..., TestClient]) -> None:
+    response = make_client().get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+def test_readyz_checks_every_dependency(make_client: Callable[..., TestClient]) -> None:
+    response = make_client().get("/readyz")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+def test_readyz_names_unreachable_broker(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["detail"]["code"] == "not_ready"
+    assert "broker" in body["detail"]["message"]
+    assert body["checks"]["broker"].startswith("failed")
+    assert body["checks"]["database"] == "ok"
+    assert response.headers["retry-after"].isdigit()
+
+
+def test_readyz_names_unreachable_database(
+    make_client: Callable[..., TestClient],
+) -> None:
+    port = free_port()
+    client = make_client(database_url=f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("failed")
+    assert response.json()["checks"]["storage"] == "ok"
+
+
+def test_metrics_count_jobs_and_requests(
+    make_client: Callable[..., TestClient], corpus_dir: Path
+) -> None:
+    client = make_client()
+    queued_before = _sample(client.get("/metrics").text, 'ocrq_jobs{status="queued"}')
+    with (corpus_dir / "phototest.tif").open("rb") as handle:
+        assert client.post("/v1/jobs", files={"file": handle}).status_code == 202
+    client.get(f"/v1/jobs/{uuid.uuid4()}")
+
+    response = client.get("/metrics")
+
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert _sample(text, 'ocrq_jobs{status="queued"}') == queued_before + 1
+    assert _sample(text, 'ocrq_jobs{status="succeeded"}') is not None
+    assert (
+        _sample(text, 'ocrq_http_requests_total{method="POST",route="/v1/jobs",status="202"}')
+        == 1
+    )
+    get_job = 'ocrq_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}'
+    assert _sample(text, get_job) == 1
+
+
+def test_request_id_is_echoed_or_generated(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+
+    given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    generated = client.get("/healthz")
+    unsafe = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+
+    assert given.headers["x-request-id"] == "abc-123"
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_request_id_is_bound_in_logs(make_client: Callable[..., TestClient]) -> None:
+    from structlog.contextvars import merge_contextvars
+    from structlog.testing import capture_logs
+
+    client = make_client()
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        client.get(f"/v1/jobs/{uuid.uuid4()}", headers={"X-Request-ID": "req-42"})
+
+    finished = [entry for entry in logs if entry["event"] == "request.finished"]
+    assert finished
+    assert finished[0]["request_id"] == "req-42"
+    assert finished[0]["status"] == 404
+    assert finished[0]["route"] == "/v1/jobs/{job_id}"
+
+
+def test_unknown_route_returns_error_body(make_client: Callable[..., TestClient]) -> None:
+    response = make_client().get("/v1/nothing-here")
+
+    assert response.status_code == 404
+    assert response.json()["detail"]["code"] == "not_found"
+    assert "/v1/nothing-here" in response.json()["detail"]["message"]
+
+
+def test_wrong_method_returns_error_body(make_client: Callable[..., TestClient]) -> None:
+    response = make_client().put("/v1/jobs")
+
+    assert response.status_code == 405
+    assert response.json()["detail"]["code"] == "method_not_allowed"
+
+
+def test_validation_error_returns_error_body(make_client: Callable[..., TestClient]) -> None:
+    """FastAPI's own validation (here an over-long header) uses the same error body."""
+    headers = {"Idempotency-Key": "k" * 300}
+    response = make_client().post("/v1/jobs", files={"file": b"x"}, headers=headers)
+
+    assert response.status_code == 422
+    assert response.json()["detail"]["code"] == "invalid_request"
+    assert "idempotency-key" in response.json()["detail"]["message"]
+
+
+class FailingJobService(JobService):
+    """A job service whose reads fail with an unexpected exception."""
+
+    def get_job(self, job_id: str) -> object:  # type: ignore[override]
+        raise RuntimeError("secret connection string postgres://user:pw@db")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_internal_error_hides_exception_text(
+    api_settings: Callable[..., Settings], debug: bool
+) -> None:
+    settings = api_settings(debug=debug)
+    app = create_app(settings, job_service=FailingJobService.open(settings))
+    client = TestClient(app, raise_server_exceptions=False)
+
+    response = client.get(f"/v1/jobs/{uuid.uuid4()}")
+
+    assert response.status_code == 500
+    detail = response.json()["detail"]
+    assert detail["code"] == "internal_error"
+    assert ("secret connection string" in detail["message"]) is debug
+
+
+def _sample(text: str, series: str) -> float | None:
+    """Return the value of one series in Prometheus text, or None when it is absent."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
