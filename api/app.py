@@ -15,6 +15,7 @@ from api.schemas import ErrorBody
 from core.jobs import JobService
 from core.settings import Settings, get_settings
 
+
 def create_app(
     settings: Settings | None = None, *, job_service: JobService | None = None
 ) -> FastAPI:

@@ -75,8 +75,7 @@ def test_metrics_count_jobs_and_requests(
     assert _sample(text, 'ocrq_jobs{status="queued"}') == queued_before + 1
     assert _sample(text, 'ocrq_jobs{status="succeeded"}') is not None
     assert (
-        _sample(text, 'ocrq_http_requests_total{method="POST",route="/v1/jobs",status="202"}')
-        == 1
+        _sample(text, 'ocrq_http_requests_total{method="POST",route="/v1/jobs",status="202"}') == 1
     )
     get_job = 'ocrq_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}'
     assert _sample(text, get_job) == 1
