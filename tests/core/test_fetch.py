@@ -229,7 +229,7 @@ def test_fetch_url_times_out_on_stalled_body(server_url: str, tmp_path: Path) ->
         fetch(f"{server_url}/stall", tmp_path / "input", timeout_s=0.5)
 
     assert caught.value.code == "url_fetch_timeout"
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 2.5
     assert list(tmp_path.iterdir()) == []
 
 
@@ -241,7 +241,7 @@ def test_fetch_url_enforces_total_time_on_slow_body(server_url: str, tmp_path: P
         fetch(f"{server_url}/drip", tmp_path / "input", timeout_s=0.5)
 
     assert caught.value.code == "url_fetch_timeout"
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 1.8
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 410])
