@@ -165,7 +165,7 @@ def test_tile_candidates_respect_bounds() -> None:
         assert counts == sorted(counts)
 
 
-def test_tile_grid_tie_prefers_larger_grid_for_big_pages() -> None:
+def test_tile_tie_prefers_larger_grid() -> None:
     """On equal aspect ratios the larger grid wins once the page exceeds half its pixels."""
     assert choose_tile_grid(1920, 1080, max_tiles=9) == (4, 2)
     assert choose_tile_grid(2000, 2000, max_tiles=9) == (3, 3)

@@ -48,7 +48,7 @@ def make_vision_modules(seed: int = 0) -> tuple[SamEncoder, ClipEncoder, Project
 
 
 @pytest.mark.parametrize("tile_grid", [(2, 3), (3, 2), (1, 4), (4, 1), (2, 2)])
-def test_assemble_orders_tiles_then_global_then_separator(tile_grid: tuple[int, int]) -> None:
+def test_assemble_puts_tiles_global_separator(tile_grid: tuple[int, int]) -> None:
     tiles_wide, tiles_high = tile_grid
     global_features = make_tagged_features(1, 4, offset=100.0)[0]
     tile_features = make_tagged_features(tiles_wide * tiles_high, 2, offset=0.0)
