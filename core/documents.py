@@ -384,6 +384,9 @@ def fit_image_page(image: ImageFile.ImageFile, page_index: int, limits: Limits) 
 def oriented_size(image: ImageFile.ImageFile) -> tuple[int, int]:
     """Return the current frame's size after its EXIF orientation is applied."""
     width, height = image.size
+    # Pillow's TIFF plugin reports the oriented size already, and rotates the frame on load.
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
+        return width, height
     orientation = _exif_orientation(image)
     # Orientations 5 to 8 turn the image by 90 degrees, so width and height swap.
     if orientation in (5, 6, 7, 8):

@@ -49,7 +49,7 @@ _ORIENTATION_TRANSPOSE = {
 }
 # Pillow's 16-bit greyscale modes, plus "I" (32-bit), which Pillow also uses for 16-bit files.
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
 
 
@@ -109,6 +109,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = _wide_grey_to_8bit(image)
     if image.mode == "CMYK":
         return _cmyk_to_rgb(image)
+    if image.mode == "LAB":
+        # Image.convert() has no real CIELAB transform, so go through LittleCMS.
+        lab = ImageCms.createProfile("LAB")
+        srgb = ImageCms.createProfile("sRGB")
+        converted = ImageCms.profileToProfile(image, lab, srgb, outputMode="RGB")
+        assert converted is not None  # None only when converting in place
+        return converted
 
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
@@ -177,6 +184,7 @@ def _decode_image_page(image: ImageFile.ImageFile, index: int, limits: Limits) -
     fit_image_page(image, index, limits)
     try:
         image.load()
+        # Pillow's TIFF plugin has already applied and removed the orientation tag by now.
         orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
         page = to_rgb(image)
     except Image.DecompressionBombError as exc:
@@ -214,6 +222,7 @@ def _wide_grey_to_8bit(image: Image.Image) -> Image.Image:
 def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
     """Convert CMYK through its ICC profile, or with Pillow's plain formula when it has none."""
     # Pillow's JPEG decoder already undoes the inverted CMYK that Adobe applications write.
+    # NOTE: the ICC branch is untested, because no CMYK profile is available to the tests.
     icc_profile = image.info.get("icc_profile")
     if icc_profile:
         try:

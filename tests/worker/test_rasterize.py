@@ -270,6 +270,40 @@ def test_iter_pages_swaps_size_for_exif_rotation(tmp_path: Path) -> None:
     assert pixels(page.image)[:10].max() == 0  # the bar is now at the top
 
 
+def test_iter_pages_rotates_tiff_frames_once(tmp_path: Path) -> None:
+    """Pillow rotates TIFF frames itself, so the EXIF orientation must not be applied twice."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [Image.new("RGB", (30, 10), (0, 0, 0)) for _ in range(2)]
+    for frame in frames:
+        frame.paste((255, 255, 255), (0, 0, 5, 10))  # a white bar at the stored left edge
+    path = tmp_path / "rotated.tif"
+    frames[0].save(path, format="TIFF", save_all=True, append_images=frames[1:], exif=exif)
+    limits = make_limits()
+
+    info = inspect_document(path, limits)
+    pages = list(iter_pages(path, limits))
+
+    upright = pixels(frames[0].transpose(Image.Transpose.ROTATE_270))
+    assert info.page_sizes_px == ((10, 30), (10, 30))
+    assert [page.image.size for page in pages] == [(10, 30), (10, 30)]
+    for page in pages:
+        assert np.array_equal(pixels(page.image), upright)
+
+
+def test_to_rgb_converts_lab_colours() -> None:
+    """LAB white stays white and negative a, b (stored below 128) gives cyan, not garbage."""
+    white = to_rgb(Image.new("LAB", (1, 1), (255, 128, 128))).getpixel((0, 0))
+    cyan = to_rgb(Image.new("LAB", (1, 1), (255, 0, 0))).getpixel((0, 0))
+
+    assert isinstance(white, tuple)
+    assert min(white) > 245
+    assert isinstance(cyan, tuple)
+    assert cyan[0] < 60
+    assert cyan[1] > 200
+    assert cyan[2] > 200
+
+
 def test_iter_pages_scales_16_bit_grey_png() -> None:
     """i_trns.png is 16-bit grey whose tRNS grey 255 turns white, and other values scale."""
     (page,) = iter_pages(CORPUS / "i_trns.png", make_limits())
