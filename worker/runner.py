@@ -1,0 +1,112 @@
+"""Engine loading and the per-process pipeline context.
+
+Each worker process loads an engine once and reuses it for every page. Under the prefork pool
+the engine is loaded in the child (Celery's worker_process_init), never in the parent, so
+CUDA is first touched after the fork. Under the solo and threads pools, and in `ocrq run`, it
+is loaded on the first job.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from core.db import Database
+from core.errors import ConfigError
+from core.logging import get_logger
+from core.settings import Settings, get_settings
+from core.storage import open_storage
+from models.engine import Engine
+from models.registry import load_engine, resolve_engine_name
+from worker.pipeline import AttemptOutcome, PipelineContext, ProgressCallback, process_job
+
+log = get_logger(__name__)
+
+
+class EngineCache:
+    """Loaded engines by concrete name; each engine is loaded at most once per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> Engine:
+        """Return the engine for `name` ("auto" resolves as in models.registry), loading it once."""
+        try:
+            concrete = resolve_engine_name(name, self.settings.model_path)
+        except ValueError as exc:
+            raise ConfigError(str(exc), code="invalid_engine") from exc
+
+        with self._lock:
+            engine = self._engines.get(concrete)
+            if engine is not None:
+                return engine
+
+            started = time.perf_counter()
+            try:
+                engine = load_engine(
+                    concrete, model_path=self.settings.model_path, device=self.settings.device
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            self._engines[concrete] = engine
+        log.info(
+            "engine.loaded",
+            engine=concrete,
+            device=self.settings.device,
+            duration_ms=int((time.perf_counter() - started) * 1000),
+        )
+        return engine
+
+
+def build_context(settings: Settings) -> PipelineContext:
+    """Open the database, storage and engine cache named by `settings`."""
+    return PipelineContext(
+        settings=settings,
+        database=Database(settings.resolved_database_url),
+        storage=open_storage(settings),
+        engines=EngineCache(settings),
+    )
+
+
+def run_job_inline(
+    job_id: str,
+    context: PipelineContext,
+    *,
+    password: str | None = None,
+    on_page: ProgressCallback | None = None,
+) -> AttemptOutcome:
+    """Run attempts of the job in this process until it finishes or its attempts run out.
+
+    Embedded mode has no broker to schedule a retry later, so a failed attempt is retried at
+    once; the attempt counter still stops the loop at OCRQ_MAX_ATTEMPTS.
+    """
+    while True:
+        outcome = process_job(job_id, context, password=password, on_page=on_page)
+        if not outcome.retry:
+            return outcome
+
+
+# The worker process's own context, built after the fork; the one piece of global state here.
+_process_context: PipelineContext | None = None
+_process_lock = threading.Lock()
+
+
+def worker_context() -> PipelineContext:
+    """Return this process's pipeline context, building it from get_settings() on first use."""
+    global _process_context
+    with _process_lock:
+        if _process_context is None:
+            _process_context = build_context(get_settings())
+        return _process_context
+
+
+def warm_up() -> None:
+    """Load the configured engine now (in a fresh worker process) instead of on the first job."""
+    context = worker_context()
+    try:
+        context.engines(context.settings.engine)
+    except Exception:
+        # The first job loads the engine again and records the failure on that job.
+        log.exception("engine.load_failed", engine=context.settings.engine)

@@ -1,0 +1,39 @@
+"""Celery task registration: ocrq.process_job, bound to core's app by name.
+
+The task is thin: it runs one attempt of the pipeline and, when the attempt asks for a retry,
+schedules the next delivery. Duplicate deliveries are safe because the pipeline leases the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+
+from core.celery_app import TASK_PROCESS_JOB
+from worker import runner
+from worker.pipeline import process_job
+
+
+def register_tasks(app: Celery) -> None:
+    """Register ocrq.process_job on `app`, and the engine warm-up in each prefork child."""
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=TASK_PROCESS_JOB,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
+    def process_job_task(self: Task[Any, Any], job_id: str) -> str:
+        outcome = process_job(job_id, runner.worker_context())
+        if outcome.retry:
+            raise self.retry(countdown=outcome.retry_in_s, max_retries=None)
+        return outcome.status
+
+    worker_process_init.connect(_warm_up_child, weak=False, dispatch_uid="ocrq.warm_up")
+
+
+def _warm_up_child(**_kwargs: Any) -> None:
+    runner.warm_up()
