@@ -357,6 +357,34 @@ def test_iter_pages_flattens_alpha_on_white(tmp_path: Path) -> None:
     ]
 
 
+def test_iter_pages_gif_first_frame_on_white(tmp_path: Path) -> None:
+    """An animated GIF is one page, its first frame, with the transparent index made white."""
+    first = Image.new("P", (8, 8), 1)
+    first.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    first.paste(0, (0, 0, 4, 8))
+    second = Image.new("P", (8, 8), 0)
+    second.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    path = tmp_path / "animated.gif"
+    first.save(path, save_all=True, append_images=[second], transparency=0, disposal=2)
+
+    pages = list(iter_pages(path, make_limits()))
+
+    assert len(pages) == 1
+    image = pixels(pages[0].image)
+    assert image[:, :4].min() == 255
+    assert image[:, 4:].reshape(-1, 3).tolist() == [[255, 0, 0]] * 32
+
+
+def test_iter_pages_maps_pillow_decode_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow re-checks TIFF frame sizes on decode, and its error becomes page_too_large."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+
+    error = raster_error(CORPUS / "multipage.tiff", make_limits())
+
+    assert error.code == "page_too_large"
+    assert "OCRQ_MAX_PAGE_PIXELS" in error.message
+
+
 def test_iter_pages_test_ocr_png_is_rgb() -> None:
     """test-ocr.png is RGBA but fully opaque, so flattening keeps its colours."""
     (page,) = iter_pages(CORPUS / "test-ocr.png", make_limits())
