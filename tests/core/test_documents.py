@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import time
 import zipfile
@@ -29,7 +30,10 @@ from core.documents import (
 from core.errors import InputError
 from core.settings import Settings
 
-CORPUS = Path("/work/shared/corpus")
+# Same location as tests/conftest.py: OCRQ_CORPUS_DIR, else shared/corpus beside the checkout.
+CORPUS = Path(
+    os.environ.get("OCRQ_CORPUS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "corpus"
+)
 MANIFEST = CORPUS / "manifest.json"
 pytestmark = pytest.mark.skipif(not MANIFEST.exists(), reason="the shared corpus is not present")
 

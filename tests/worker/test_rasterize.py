@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -18,7 +19,10 @@ from core.documents import Limits, inspect_document
 from core.errors import InputError
 from worker.rasterize import RasterPage, iter_pages, render_page, to_rgb
 
-CORPUS = Path("/work/shared/corpus")
+# Same location as tests/conftest.py: OCRQ_CORPUS_DIR, else shared/corpus beside the checkout.
+CORPUS = Path(
+    os.environ.get("OCRQ_CORPUS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "corpus"
+)
 MANIFEST = CORPUS / "manifest.json"
 pytestmark = pytest.mark.skipif(not MANIFEST.exists(), reason="the shared corpus is not present")
 
