@@ -1,9 +1,208 @@
-"""`ocrq run`: the main job in one process (owned by the pipeline work)."""
+"""`ocrq run`: the whole job pipeline in this process, on the embedded defaults.
+
+Each file becomes a job in the embedded database (SQLite under OCRQ_DATA_DIR, migrated on first
+use) and local storage, and runs through the same pipeline a Celery worker uses. Markdown goes to
+stdout, logs to stderr at WARNING unless --verbose, and the progress bar to stderr as well.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from core.jobs import JobService
+
+SAMPLE_PATH = Path(__file__).parent / "samples" / "phototest.tif"
+ENGINES = ("auto", "deepseek-ocr", "rapidocr")
+MODES = ("tiny", "small", "base", "large", "gundam")
+TASKS = ("markdown", "ocr", "free", "figure", "describe", "locate")
+
 
 @click.command()
-def run() -> None:
-    """Run OCR on files in this process (not built yet)."""
-    raise click.ClickException("ocrq run is not built yet")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--engine", type=click.Choice(ENGINES), help="Engine (default: OCRQ_ENGINE).")
+@click.option("--mode", type=click.Choice(MODES), default="gundam", show_default=True)
+@click.option("--task", type=click.Choice(TASKS), default="markdown", show_default=True)
+@click.option("--target", help="Phrase to find, for --task locate.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["markdown", "json"]),
+    default="markdown",
+    show_default=True,
+    help="What to print on stdout.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write {stem}.md, {stem}.json and figures/ into this folder instead of stdout.",
+)
+@click.option("--password", help="Password of encrypted PDFs.")
+@click.option("--sample", is_flag=True, help="Also read the bundled sample page (phototest.tif).")
+@click.option("--keep", is_flag=True, help="Keep jobs and their files in OCRQ_DATA_DIR afterwards.")
+@click.option("--verbose", "-v", is_flag=True, help="Log at INFO instead of WARNING (stderr).")
+def run(
+    files: tuple[Path, ...],
+    engine: str | None,
+    mode: str,
+    task: str,
+    target: str | None,
+    output_format: str,
+    out: Path | None,
+    password: str | None,
+    sample: bool,
+    keep: bool,
+    verbose: bool,
+) -> None:
+    """Run OCR on FILE... in this process and print the markdown."""
+    from core.celery_app import set_embedded_runner
+    from core.db import upgrade_database
+    from core.jobs import JobService
+    from core.logging import configure_logging
+    from core.settings import load_settings
+    from worker.runner import build_context, run_job_inline
+
+    paths = [*files, SAMPLE_PATH] if sample else list(files)
+    if not paths:
+        raise click.UsageError("no FILE given; pass one or more documents, or --sample")
+
+    settings = load_settings().model_copy(update={"broker_url": None})
+    if engine:
+        settings = settings.model_copy(update={"engine": engine})
+    configure_logging("INFO" if verbose else "WARNING")
+    upgrade_database(settings.resolved_database_url)
+    context = build_context(settings)
+    service = JobService(settings, context.database, context.storage)
+    progress = _Progress()
+
+    def run_inline(job_id: str) -> None:
+        run_job_inline(job_id, context, password=password, on_page=progress.update)
+
+    set_embedded_runner(run_inline)
+    failures = 0
+    outputs: list[tuple[Path, dict[str, Any]]] = []
+    try:
+        for path in paths:
+            result = _run_one(service, path, engine, mode, task, target, password, progress)
+            if result is None:
+                failures += 1
+                continue
+            outputs.append((path, result))
+            if out is not None:
+                _write_outputs(service, out, path, result)
+            if not keep:
+                service.delete_job(result["job_id"])
+    finally:
+        set_embedded_runner(None)
+        progress.close()
+
+    if out is None:
+        _print_outputs(outputs, output_format)
+    if failures:
+        sys.exit(1)
+
+
+class _Progress:
+    """A tqdm bar on stderr for documents of more than one page."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, name: str) -> None:
+        self.close()
+        self.name = name
+
+    def update(self, pages_done: int, pages_total: int) -> None:
+        if pages_total <= 1:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=pages_total, desc=self.name, unit="page", file=sys.stderr)
+        self.bar.n = pages_done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run_one(
+    service: JobService,
+    path: Path,
+    engine: str | None,
+    mode: str,
+    task: str,
+    target: str | None,
+    password: str | None,
+    progress: _Progress,
+) -> dict[str, Any] | None:
+    """Run one file's job; return its result, or print one error line and return None."""
+    from core.errors import OcrError
+    from core.states import JobStatus
+
+    progress.start(path.name)
+    try:
+        job = service.create_job(
+            path,
+            filename=path.name,
+            engine=engine,
+            mode=mode,
+            task=task,
+            target=target,
+            password=password,
+        )
+    except OcrError as exc:
+        click.echo(f"error: {path}: {exc.message} (code {exc.code})", err=True)
+        return None
+    finally:
+        progress.close()
+
+    if job.status not in (JobStatus.SUCCEEDED, JobStatus.PARTIAL):
+        code = job.error_code or job.status
+        message = job.error_message or f"the job ended as {job.status}"
+        click.echo(f"error: {path}: {message} (code {code})", err=True)
+        return None
+    if job.status == JobStatus.PARTIAL:
+        click.echo(f"warning: {path}: {job.error_message}", err=True)
+    return service.get_result(job.id)
+
+
+def _write_outputs(service: JobService, out: Path, path: Path, result: dict[str, Any]) -> None:
+    """Write {stem}.md, {stem}.json and the figure crops under `out`."""
+    from core.storage import figure_key
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{path.stem}.md").write_text(result["markdown"] + "\n", encoding="utf-8")
+    (out / f"{path.stem}.json").write_text(
+        json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+
+    # NOTE: figure names are `{page}_{k}.jpg` per document, so two input files written to the
+    # same --out folder overwrite each other's figures.
+    names = service.list_figures(result["job_id"])
+    if names:
+        (out / "figures").mkdir(exist_ok=True)
+    for name in names:
+        data = service.storage.get_bytes(figure_key(result["job_id"], name))
+        (out / "figures" / name).write_bytes(data)
+
+
+def _print_outputs(outputs: list[tuple[Path, dict[str, Any]]], output_format: str) -> None:
+    if output_format == "json":
+        documents = [result for _path, result in outputs]
+        payload = documents[0] if len(documents) == 1 else documents
+        click.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+        return
+    for number, (path, result) in enumerate(outputs):
+        if len(outputs) > 1:
+            if number:
+                click.echo()
+            click.echo(f"<!-- ocrq: {path.name} -->")
+        click.echo(result["markdown"])

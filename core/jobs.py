@@ -266,6 +266,12 @@ class JobService:
     def get_result_markdown(self, job_id: str) -> str:
         return str(self.get_result(job_id)["markdown"])
 
+    def list_figures(self, job_id: str) -> list[str]:
+        """Return the figure names (`{page}_{k}.jpg`) stored for the job, in page order."""
+        with self.database.session() as session:
+            job = _load_job(session, job_id)
+            return [name for page in job.pages for name in (page.result or {}).get("figures", [])]
+
     def cancel_job(self, job_id: str) -> Job:
         """Cancel a queued or running job; a running attempt stops before its next page.
 

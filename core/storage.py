@@ -150,7 +150,8 @@ class LocalStorage:
             return 0
 
         deleted = 0
-        for path in sorted(folder.rglob("*"), reverse=True):
+        # Deepest paths first, so each folder is empty by the time it is checked.
+        for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
             key = path.relative_to(self.root).as_posix()
             if path.is_file() and key.startswith(prefix):
                 path.unlink()

@@ -87,6 +87,16 @@ def test_delete_prefix_removes_only_that_job(storage: Storage) -> None:
     assert storage.exists("results/job-other/result.json")
 
 
+def test_local_delete_prefix_removes_emptied_folders(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put_bytes("results/job/figures/0_0.jpg", b"jpg")
+    storage.put_bytes("results/job-other/result.json", b"{}")
+
+    storage.delete_prefix("results/job/")
+
+    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["job-other"]
+
+
 def test_delete_prefix_of_nothing_returns_zero(storage: Storage) -> None:
     assert storage.delete_prefix("results/none/") == 0
 
