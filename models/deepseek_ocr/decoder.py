@@ -100,7 +100,7 @@ class KVCache:
     """Keys and values of every layer for one batch of left-padded sequences.
 
     With `capacity` set, each layer's storage [B, H, capacity, hd] is allocated on its first
-    update (dtype and device follow the keys) and new columns are written in place; with
+    update (dtype and device follow the keys) and new columns are written in place. With
     `capacity=None` the storage grows by concatenation. Each layer counts its own columns, so
     no explicit "advance" call is needed after a forward pass. All rows share the column count;
     per-sequence lengths are expressed by left padding plus the attention mask.
@@ -151,9 +151,9 @@ class KVCache:
 def causal_mask(key_valid: Tensor, num_queries: int) -> Tensor:
     """Build the attention mask [B, 1, T, S] (True = may attend) for the last T of S columns.
 
-    `key_valid` [B, S] is False on left-padding columns. Query t sits at column S - T + t and sees
-    valid keys at or before its own column. A padding query also sees itself, so that its softmax
-    row is never empty; its output is never read.
+    `key_valid` [B, S] is False on left-padding columns. Query t sits at column S - T + t and
+    attends to valid keys at or before its own column. A padding query also attends to itself so
+    that its softmax row is never empty. Its output is never read.
     """
     num_keys = key_valid.shape[1]
     query_columns = torch.arange(num_keys - num_queries, num_keys, device=key_valid.device)

@@ -100,7 +100,7 @@ def generate(
 
         finished = [row for row, reason in enumerate(reasons) if reason is not None]
         for row in finished:
-            outputs[batch.sequences[row]] = batch.output(row, reasons[row], config)
+            outputs[batch.sequences[row]] = batch.output(row, reasons[row])
         running = [row for row, reason in enumerate(reasons) if reason is None]
         if finished:
             batch.keep(running)
@@ -222,7 +222,14 @@ class _Batch:
         for eos, loop, budget in zip(
             at_eos.tolist(), looping.tolist(), at_budget.tolist(), strict=True
         ):
-            reasons.append("eos" if eos else "loop" if loop else "length" if budget else None)
+            reason: FinishReason | None = None
+            if eos:
+                reason = "eos"
+            elif loop:
+                reason = "loop"
+            elif budget:
+                reason = "length"
+            reasons.append(reason)
         return reasons
 
     def _update_loop_runs(self, next_ids: Tensor, config: GenerationConfig) -> Tensor:
@@ -245,9 +252,7 @@ class _Batch:
         )
         return (self.loop_runs >= needed.clamp(min=1)).any(dim=-1)
 
-    def output(
-        self, row: int, reason: FinishReason | None, config: GenerationConfig
-    ) -> GenerationOutput:
+    def output(self, row: int, reason: FinishReason | None) -> GenerationOutput:
         assert reason is not None
         token_ids = self.tokens[row, : self.length].tolist()
         if reason == "eos":

@@ -10,9 +10,9 @@ MoE semantics (DeepSeek-V2 family, as configured for DeepSeek-OCR):
 - output = sum_k w_k * expert_k(x), the weighted expert outputs summed in fp32 and cast back,
   plus the shared experts (one SwiGLU of width n_shared * I) added unweighted.
 
-Routed experts are stored STACKED (`experts.gate_up_proj` [E, 2I, D] with the gate rows first,
-`experts.down_proj` [E, D, I]); the checkpoint's per-expert tensors are converted with
-`stack_expert_weights` and back with `unstack_expert_weights`.
+Routed experts are stored STACKED: `experts.gate_up_proj` [E, 2I, D] with the gate rows first,
+and `experts.down_proj` [E, D, I]. `stack_expert_weights` converts the checkpoint's per-expert
+tensors to this layout and `unstack_expert_weights` converts them back.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class StackedExperts(nn.Module):
         """Combine the chosen experts for hidden [N, D], expert_ids [N, K], fp32 weights [N, K]."""
         num_tokens, top_k = expert_ids.shape
 
-        # Sort the (token, k) pairs by expert so that each expert sees one contiguous slice.
+        # Sort the (token, k) pairs by expert so that each expert gets one contiguous slice.
         flat_ids = expert_ids.reshape(-1)  # [P]
         order = flat_ids.argsort(stable=True)  # [P]
         counts = torch.bincount(flat_ids, minlength=self.num_experts)  # [E]

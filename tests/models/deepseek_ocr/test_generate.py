@@ -60,7 +60,7 @@ def test_ngram_ban_matches_rule_simulation(size: int, window: int) -> None:
         assert banned_by_function(rows, config, vocab) == expected, (length, rows)
 
 
-def test_ngram_ban_blocks_periods_up_to_window_minus_size_plus_one() -> None:
+def test_ngram_ban_period_limit() -> None:
     """With (30, 90) a block of 61 tokens repeated is blocked, one of 62 is not."""
     config = GenerationConfig()
     for period, blocked in ((40, True), (61, True), (62, False), (70, False)):
