@@ -1,4 +1,4 @@
-"""The CPU engine: RapidOCR's ONNX models for text lines, then reading order from models.reading_order.
+"""The CPU engine: RapidOCR's ONNX models find and read lines; models.reading_order orders them.
 
 RapidOCR (package rapidocr_onnxruntime) ships PP-OCRv4 detection and recognition models inside
 its wheel, so this engine runs with no download. The engine runs
@@ -129,10 +129,14 @@ def _crop_line(image: Image.Image, quad: np.ndarray) -> np.ndarray:
     """Cut one line out of the page along its quad and return it as a BGR array [h, w, 3]."""
     top_left, top_right, bottom_right, bottom_left = quad
     width = max(
-        np.linalg.norm(top_right - top_left), np.linalg.norm(bottom_right - bottom_left), 1.0
+        float(np.linalg.norm(top_right - top_left)),
+        float(np.linalg.norm(bottom_right - bottom_left)),
+        1.0,
     )
     height = max(
-        np.linalg.norm(bottom_left - top_left), np.linalg.norm(bottom_right - top_right), 1.0
+        float(np.linalg.norm(bottom_left - top_left)),
+        float(np.linalg.norm(bottom_right - top_right)),
+        1.0,
     )
     # QUAD maps the output rectangle's corners to these source points, counter-clockwise from
     # the top-left.

@@ -129,8 +129,8 @@ def join_line_texts(texts: Sequence[str]) -> str:
     """Join the lines of one paragraph with spaces, rejoining words hyphenated at a line end.
 
     The hyphen is dropped only where it follows a letter and the next line starts with a lower-case
-    letter ("ex-" + "plain"); "tradi--", "1990-" + "1995" and "Jean-" + "Luc" keep their hyphen,
-    and in the last case no space is added.
+    letter ("ex-" + "plain"). Other hyphens after a letter or digit stay, with no space added
+    ("Jean-" + "Luc", "1990-" + "1995"); a double hyphen or a dash is followed by a space.
     """
     joined = ""
     for text in (text.strip() for text in texts):
@@ -140,7 +140,7 @@ def join_line_texts(texts: Sequence[str]) -> str:
             joined = text
         elif _ends_with_soft_hyphen(joined) and text[0].islower():
             joined = joined[:-1] + text
-        elif joined.endswith("-") and len(joined) > 1 and joined[-2].isalpha():
+        elif joined.endswith("-") and len(joined) > 1 and joined[-2].isalnum():
             joined += text
         else:
             joined += " " + text
@@ -172,7 +172,9 @@ def _join_split_titles(lines: list[TextLine], thresholds: _Thresholds) -> list[T
         previous = merged[-1] if merged else None
         if previous is not None and _continues_title(previous, line):
             box = _union_box([previous.box, line.box])
-            merged[-1] = TextLine(box, f"{previous.text} {line.text}", min(previous.score, line.score))
+            merged[-1] = TextLine(
+                box, f"{previous.text} {line.text}", min(previous.score, line.score)
+            )
         else:
             merged.append(line)
     short = [line for line in lines if line.height < thresholds.heading_height]
@@ -260,7 +262,7 @@ def _sparse_ranges(lines: list[TextLine], tolerance: int) -> list[tuple[float, f
 
 
 def _overhang(line: TextLine, start: float, end: float) -> float:
-    """Return how far a line crossing the gutter [start, end] reaches past it, away from its centre."""
+    """Return how far a line crossing the gutter [start, end] reaches past its far side."""
     center_x = (line.box[0] + line.box[2]) / 2
     if center_x < (start + end) / 2:
         return line.box[2] - end
@@ -272,7 +274,12 @@ def _has_gutter(lines: list[TextLine], thresholds: _Thresholds) -> bool:
 
 
 def _split_sections(lines: list[TextLine], thresholds: _Thresholds) -> list[list[TextLine]]:
-    """Split into bands at horizontal gaps, then merge close bands that share a column gutter."""
+    """Split into bands at horizontal gaps, then merge close bands of the same column structure.
+
+    A band joins the section above it when they are close and either share a column gutter or
+    neither has one; a band with columns under a single-column section, or the reverse, starts a
+    new section.
+    """
     ordered = sorted(lines, key=lambda line: line.box[1])
     bands: list[list[TextLine]] = [[ordered[0]]]
     bottom = ordered[0].box[3]
@@ -288,7 +295,11 @@ def _split_sections(lines: list[TextLine], thresholds: _Thresholds) -> list[list
     for band in bands[1:]:
         section = sections[-1]
         gap = min(line.box[1] for line in band) - max(line.box[3] for line in section)
-        if gap <= max_gap and _has_gutter(section + band, thresholds):
+        if gap > max_gap:
+            sections.append(band)
+        elif _has_gutter(section + band, thresholds) or not (
+            _has_gutter(section, thresholds) or _has_gutter(band, thresholds)
+        ):
             section.extend(band)
         else:
             sections.append(band)
@@ -367,7 +378,8 @@ def _starts_block(
     indent = row[0].box[0] - left
     previous_end = max(line.box[2] for line in previous)
     short_before = right - previous_end > thresholds.scaled(_SHORT_LINE_HEIGHTS)
-    return current_kind != "list_item" and short_before and indent > thresholds.scaled(_INDENT_HEIGHTS)
+    indented = indent > thresholds.scaled(_INDENT_HEIGHTS)
+    return current_kind != "list_item" and short_before and indented
 
 
 def _make_block(rows: list[list[TextLine]], kind: BlockKind, thresholds: _Thresholds) -> TextBlock:
@@ -380,8 +392,8 @@ def _make_block(rows: list[list[TextLine]], kind: BlockKind, thresholds: _Thresh
     if kind == "heading":
         tallest = max(line.height for line in lines)
         level = 1 if tallest >= thresholds.top_heading_height else 2
-    box = _union_box([line.box for line in lines])
-    return TextBlock(kind, (round(box[0]), round(box[1]), round(box[2]), round(box[3])), text, level)
+    x1, y1, x2, y2 = _union_box([line.box for line in lines])
+    return TextBlock(kind, (round(x1), round(y1), round(x2), round(y2)), text, level)
 
 
 def _union_box(
