@@ -117,7 +117,11 @@ class KVCache:
         return self._lengths.get(layer_index, 0)
 
     def update(self, layer_index: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Append keys/values [B, H, T, hd] and return all cached ones [B, H, S, hd]."""
+        """Append keys/values [B, H, T, hd] and return all cached ones [B, H, S, hd].
+
+        NOTE: S grows by one per decode step, so torch.compile needs dynamic shapes here. A
+        static-shape variant would return the whole capacity and mask the unwritten columns.
+        """
         start = self.length(layer_index)
         end = start + keys.shape[2]
         if self.capacity is None:

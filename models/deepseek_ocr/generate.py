@@ -111,9 +111,10 @@ def generate(
 
 
 def ban_repeated_ngrams(logits: Tensor, generated: Tensor, config: GenerationConfig) -> Tensor:
-    """Set to -inf the logits [B, V] of tokens that would repeat an n-gram within the window.
+    """Set to -inf, in place, the logits [B, V] of tokens that would repeat an n-gram.
 
-    `generated` [B, L] holds each row's output tokens so far (all rows have the same L).
+    `generated` [B, L] contains each row's output tokens so far (all rows have the same L).
+    Returns `logits`.
     """
     size, length = config.ngram_size, generated.shape[1]
     recent = generated[:, max(0, length - config.ngram_window) :]  # [B, min(L, window)]
@@ -131,7 +132,7 @@ def ban_repeated_ngrams(logits: Tensor, generated: Tensor, config: GenerationCon
     # Adding -inf where a match bans a token and 0 elsewhere is safe with repeated indices.
     penalty = torch.zeros(banned.shape, dtype=logits.dtype, device=logits.device)
     penalty.masked_fill_(matches, float("-inf"))
-    return logits.scatter_add(1, banned, penalty)
+    return logits.scatter_add_(1, banned, penalty)
 
 
 class _Batch:
@@ -218,10 +219,10 @@ class _Batch:
         at_eos = next_ids == config.eos_token_id  # [B]
         at_budget = self.budgets <= self.length  # [B]
 
+        flags = torch.stack((at_eos, looping, at_budget), dim=1).tolist()  # [B, 3], one sync
+
         reasons: list[FinishReason | None] = []
-        for eos, loop, budget in zip(
-            at_eos.tolist(), looping.tolist(), at_budget.tolist(), strict=True
-        ):
+        for eos, loop, budget in flags:
             reason: FinishReason | None = None
             if eos:
                 reason = "eos"
