@@ -1,9 +1,8 @@
 """Error responses: every failure leaves the API as {"detail": {"code", "message"}}.
 
 The handlers here cover ocrq's own errors (OcrError and its subclasses), Starlette's HTTP errors
-(unknown routes, wrong methods), FastAPI's request validation and any other exception, which
-becomes a 500 with code internal_error whose message hides the exception text unless
-OCRQ_DEBUG is set.
+(unknown routes, wrong methods) and FastAPI's request validation. Any other exception becomes a
+500 with code internal_error, whose message hides the exception text unless OCRQ_DEBUG is set.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Streaming multipart upload: the file part goes to a temporary file, with the size limit
 enforced while the body is read, so an oversized upload is rejected before it is all received.
 
-FastAPI's own UploadFile parses the whole body before the route runs, which would accept any
-size; this module reads the request stream itself with python-multipart's push parser.
+FastAPI's own UploadFile parses the whole body before the route runs, so it would accept any
+size. This module reads the request stream itself with python-multipart's push parser.
 """
 
 from __future__ import annotations

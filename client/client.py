@@ -150,7 +150,7 @@ class OcrqClient:
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.TimeoutException as exc:
-            message = f"the ocrq API at {self.base_url} did not answer in time"
+            message = f"the request to the ocrq API at {self.base_url} timed out"
             raise ClientError("timed_out", message) from exc
         except httpx.TransportError as exc:
             message = (

@@ -73,7 +73,7 @@ def metrics_text(service: JobServiceDep, request: Request) -> PlainTextResponse:
 
 
 def ping_broker(broker_url: str | None) -> None:
-    """Check that the Redis broker answers PING; embedded mode (no broker) always passes."""
+    """Send PING to the Redis broker; raise OcrError when it fails. Embedded mode always passes."""
     if not broker_url:
         return
     import redis
@@ -86,7 +86,7 @@ def ping_broker(broker_url: str | None) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        message = f"the broker did not answer PING: {type(exc).__name__}"
+        message = f"PING to the broker failed: {type(exc).__name__}"
         raise OcrError(message, code="broker_unreachable") from exc
     finally:
         client.close()

@@ -7,6 +7,7 @@ children, as a crashed machine would lose them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -27,10 +28,10 @@ from tests.conftest import REDIS_HOST, REDIS_PORT, S3_BUCKET, PostgresServer, fr
 OCRQ = str(Path(sys.executable).with_name("ocrq"))
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-# The e2e worker runs under the solo pool, which ignores Celery's time limits, so this limit
-# only sets how fast a crashed attempt is taken over: the lease counts a running job as
-# abandoned once its heartbeat is this old, and the broker re-delivers an unacknowledged
-# message after three times this (core.celery_app.VISIBILITY_TIMEOUT_FACTOR).
+# The e2e worker runs under the solo pool, which ignores Celery's time limits. So this limit
+# only sets how fast a crashed attempt is taken over. The lease counts a running job as
+# abandoned once its heartbeat is this old. The broker re-delivers an unacknowledged message
+# after three times this (core.celery_app.VISIBILITY_TIMEOUT_FACTOR).
 E2E_TASK_TIME_LIMIT_S = 4
 
 
@@ -58,10 +59,8 @@ class ServiceProcess:
             self.kill_group(signal.SIGTERM)
         else:
             # The leader exited; its children may not have.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def output_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -108,7 +107,8 @@ class Stack:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        pytest.fail(f"ocrq api was not ready within {STARTUP_TIMEOUT_S} s:\n{service.output_tail()}")
+        message = f"ocrq api was not ready within {STARTUP_TIMEOUT_S} s:\n{service.output_tail()}"
+        pytest.fail(message)
 
     def start_worker(self) -> ServiceProcess:
         return self.start("worker", "worker", "--pool", "solo")
