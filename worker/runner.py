@@ -13,12 +13,15 @@ import time
 
 from core.db import Database
 from core.errors import ConfigError
+from core.jobs import JobService
 from core.logging import get_logger
 from core.settings import Settings, get_settings
 from core.storage import open_storage
 from models.engine import Engine
 from models.registry import load_engine, resolve_engine_name
 from worker.pipeline import AttemptOutcome, PipelineContext, ProgressCallback, process_job
+
+SWEEP_INTERVAL_S = 60.0
 
 log = get_logger(__name__)
 
@@ -110,3 +113,24 @@ def warm_up() -> None:
     except Exception:
         # The first job loads the engine again and records the failure on that job.
         log.exception("engine.load_failed", engine=context.settings.engine)
+
+
+def start_sweeper(settings: Settings, interval_s: float = SWEEP_INTERVAL_S) -> threading.Event:
+    """Run JobService.sweep() every `interval_s` in a daemon thread; set the event to stop it.
+
+    Every worker runs one; two sweepers sending the same job is harmless because the
+    pipeline's lease drops the duplicate delivery.
+    """
+    stop = threading.Event()
+    service = JobService.open(settings)
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                service.sweep()
+            except Exception:
+                # A database or broker outage; the next round tries again.
+                log.exception("sweep.failed")
+
+    threading.Thread(target=loop, name="ocrq-sweeper", daemon=True).start()
+    return stop

@@ -9,15 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from core.celery_app import TASK_PROCESS_JOB
+from core.settings import get_settings
 from worker import runner
 from worker.pipeline import process_job
 
 
 def register_tasks(app: Celery) -> None:
-    """Register ocrq.process_job on `app`, and the engine warm-up in each prefork child."""
+    """Register ocrq.process_job on `app`, the engine warm-up in each prefork child, and the
+    sweeper thread in the main worker process."""
 
     @app.task(  # type: ignore[untyped-decorator]
         name=TASK_PROCESS_JOB,
@@ -33,7 +35,13 @@ def register_tasks(app: Celery) -> None:
         return outcome.status
 
     worker_process_init.connect(_warm_up_child, weak=False, dispatch_uid="ocrq.warm_up")
+    worker_ready.connect(_start_sweeper, weak=False, dispatch_uid="ocrq.sweeper")
 
 
 def _warm_up_child(**_kwargs: Any) -> None:
     runner.warm_up()
+
+
+def _start_sweeper(**_kwargs: Any) -> None:
+    # Runs in the main worker process, after the pool has started; it never loads an engine.
+    runner.start_sweeper(get_settings())
