@@ -6,3 +6,9 @@ import click
 @click.group()
 def bench() -> None:
     """Measure accuracy and speed."""
+
+
+# Subcommands are added after the group exists; each module keeps its heavy imports inside.
+from cli import bench_cpu  # noqa: E402
+
+bench.add_command(bench_cpu.bench_cpu)
