@@ -192,3 +192,24 @@ def test_decoder_layer_state_dict_uses_checkpoint_names() -> None:
 
     assert sorted(DecoderLayer(config, 0).state_dict()) == sorted(attention + norms + dense)
     assert sorted(DecoderLayer(config, 1).state_dict()) == sorted(attention + norms + moe)
+
+
+def test_decoder_stack_runs_in_bfloat16() -> None:
+    """bf16 weights keep bf16 activations and stay close to the fp32 result."""
+    config = tiny_decoder_config()
+    stack, _ = make_stack_and_reference(config, seed=8)
+    input_ids = torch.randint(
+        0, config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(9)
+    )
+    positions = make_positions(2, 10)
+
+    with torch.no_grad():
+        expected = stack(input_ids, positions)
+        stack.to(torch.bfloat16)
+        cache = KVCache(10)
+        actual = stack(input_ids, positions, cache)
+
+    assert actual.dtype == torch.bfloat16
+    assert cache.length(0) == 10
+    relative = max_difference(actual, expected) / expected.abs().max().item()
+    assert relative <= 0.1, f"bf16 vs fp32 max abs diff relative to max {relative:.3e}"
