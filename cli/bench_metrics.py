@@ -57,7 +57,7 @@ def edit_distance(hypothesis: str, reference: str) -> int:
 def character_error_rate(hypothesis: str, reference: str) -> float:
     """Return the CER of `hypothesis` against `reference`, both normalised first.
 
-    The CER is the edit distance divided by the length of the normalised reference; an empty
+    The CER is the edit distance divided by the length of the normalised reference. An empty
     reference gives 0.0 for an empty hypothesis and 1.0 otherwise.
     """
     hypothesis = normalise_text(hypothesis)

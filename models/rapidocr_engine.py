@@ -75,9 +75,9 @@ class RapidOcrEngine:
         started = time.perf_counter()
         lines: list[TextLine] = []
         if quads:
-            # NOTE: RapidOCR's 180-degree line classifier is not run: on upright 300 dpi scans it
-            # turned correct lines upside down (linn.png CER 0.03 -> 0.07), and pages arrive with
-            # EXIF orientation applied. A page scanned upside down is therefore read as noise.
+            # NOTE: RapidOCR's 180-degree line classifier is not run, because on upright 300 dpi
+            # scans it turned correct lines upside down (linn.png CER 0.03 -> 0.07). Pages arrive
+            # with EXIF orientation applied, but a page scanned upside down is read as noise.
             crops = [_crop_line(image, quad) for quad in quads]
             recognised, _ = self._ocr.text_rec(crops)
             for quad, (text, score, *_) in zip(quads, recognised, strict=True):

@@ -1,7 +1,7 @@
 """The rapidocr engine on real corpus pages: accuracy gates and the shape of its page results.
 
 Each corpus page is read once per test session (functools.cache), so the gate and the shape tests
-for one page share a single run; the five pages take about 20 s together on 2 idle CPU cores.
+for one page share a single run. The five pages take about 20 s together on 2 idle CPU cores.
 """
 
 from __future__ import annotations
