@@ -20,8 +20,8 @@ TASK_PROCESS_JOB = "ocrq.process_job"
 QUEUE_OCR = "ocr"
 QUEUE_NAMES = (QUEUE_OCR,)
 
-# The broker re-delivers an unacknowledged message after this many task time limits; a value
-# above 2 keeps a long but healthy attempt from being handed to a second worker.
+# Redis re-delivers an unacknowledged message after visibility_timeout, set to this many task
+# time limits. A factor above 2 keeps a long but healthy attempt on its first worker.
 VISIBILITY_TIMEOUT_FACTOR = 3
 # Seconds a prefork child may take to report ready; model loading happens in that window.
 WORKER_PROC_ALIVE_TIMEOUT_S = 600.0

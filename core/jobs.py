@@ -324,7 +324,7 @@ class JobService:
         """Re-enqueue jobs whose enqueue never happened and running jobs whose worker is gone.
 
         A running job counts as abandoned when its heartbeat is older than the task time
-        limit; the pipeline's lease lets the new attempt take it over. Returns the job ids sent.
+        limit. The pipeline's lease lets the new attempt take it over. Returns the job ids sent.
         """
         now = utcnow()
         never_enqueued = (

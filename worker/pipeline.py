@@ -1,9 +1,9 @@
 """Process one job: lease it, read each page through the engine, store the results, finish it.
 
 One call of process_job() is one attempt. The lease is a compare-and-set on jobs.attempt, which
-then serves as a fencing token: every later write of the attempt names the attempt number and
-the running status, so after a cancel or a takeover by a newer attempt the old one stops before
-its next page and writes nothing more. Pages are upserted on (job_id, page_index), so a
+then serves as a fencing token. Every later write of the attempt requires that attempt number
+and the running status. After a cancel, or a takeover by a newer attempt, the old attempt
+stops before its next page and writes nothing more. Pages are upserted on (job_id, page_index), so a
 redelivered task resumes where the last attempt stopped and never duplicates a page.
 """
 
@@ -51,7 +51,7 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class PipelineContext:
-    """What an attempt needs: settings, database, storage and a source of loaded engines."""
+    """The settings, database, storage and engine source that an attempt runs with."""
 
     settings: Settings
     database: Database
@@ -72,7 +72,7 @@ class Lease:
 
 @dataclass(frozen=True)
 class AttemptOutcome:
-    """How an attempt ended: the job's status now, and whether to run another attempt later."""
+    """The end of an attempt: the job's status now, and whether another attempt should follow."""
 
     status: str
     retry: bool = False

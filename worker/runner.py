@@ -83,7 +83,7 @@ def run_job_inline(
     """Run attempts of the job in this process until it finishes or its attempts run out.
 
     Embedded mode has no broker to schedule a retry later, so a failed attempt is retried at
-    once; the attempt counter still stops the loop at OCRQ_MAX_ATTEMPTS.
+    once. The attempt counter still stops the loop at OCRQ_MAX_ATTEMPTS.
     """
     while True:
         outcome = process_job(job_id, context, password=password, on_page=on_page)

@@ -1,6 +1,6 @@
 """Celery task registration: ocrq.process_job, bound to core's app by name.
 
-The task is thin: it runs one attempt of the pipeline and, when the attempt asks for a retry,
+The task is thin: it runs one attempt of the pipeline and, when the attempt requests a retry,
 schedules the next delivery. Duplicate deliveries are safe because the pipeline leases the job.
 """
 

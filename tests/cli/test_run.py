@@ -79,7 +79,7 @@ def test_run_without_files_is_a_usage_error() -> None:
     assert "no FILE given" in completed.output
 
 
-def test_run_to_out_folder_writes_files_and_cleans_up(tmp_path: Path, corpus_dir: Path) -> None:
+def test_run_out_folder_writes_files(tmp_path: Path, corpus_dir: Path) -> None:
     """--out writes {stem}.md and {stem}.json, and the job's stored files are deleted after."""
     pytest.importorskip("models.rapidocr_engine")
     out = tmp_path / "out"
