@@ -6,10 +6,12 @@ reads the page and groups them into blocks:
 1. Tall lines side by side on one row (a title set across a column gutter) become one line.
 2. Recursive XY-cut on the line boxes. A node is first split into columns at vertical gutters,
    which are x ranges that no line covers over the node's full height. Columns are read left to
-   right. Without a gutter the node is split into bands at horizontal gaps, and consecutive bands are merged again
-   while they still share a gutter and sit close, so a multi-column section whose columns have
-   coincident paragraph breaks stays one node. A band whose lines cross the gutter (a full-width
-   heading or paragraph) ends the section, so spanning titles are read where they stand.
+   right. Without a gutter the node is split into bands at horizontal gaps, and consecutive bands
+   are merged again while they still share a gutter and sit close, so a multi-column section whose
+   columns have coincident paragraph breaks stays one node. A band whose lines cross the gutter
+   (a full-width heading or paragraph) ends the section, so spanning titles are read where they
+   stand. A column split that would leave a column of one line yields to a split into bands, so
+   sparse labels are read row by row.
 3. In each leaf, lines are grouped into rows and rows into paragraphs at vertical gaps, first-line
    indents after a short line, and bullets. Rows much taller than the page's median line become
    headings: level 1 from twice the body height, level 2 below that.
@@ -194,10 +196,10 @@ def _xy_cut(lines: list[TextLine], thresholds: _Thresholds) -> list[list[TextLin
         return [lines]
 
     columns = _split_columns(lines, thresholds)
-    if len(columns) > 1:
-        return [leaf for column in columns for leaf in _xy_cut(column, thresholds)]
-
     sections = _split_sections(lines, thresholds)
+    solid_columns = len(columns) > 1 and min(len(column) for column in columns) > 1
+    if solid_columns or (len(columns) > 1 and len(sections) == 1):
+        return [leaf for column in columns for leaf in _xy_cut(column, thresholds)]
     if len(sections) > 1:
         return [leaf for section in sections for leaf in _xy_cut(section, thresholds)]
     return [lines]

@@ -190,3 +190,18 @@ def test_from_quad_takes_bounding_box() -> None:
 
     assert line.box == (9.0, 5.0, 110.0, 40.0)
     assert line.score == 0.9
+
+
+def test_sparse_labels_read_row_by_row() -> None:
+    """Single labels around a centre are rows, not one-line columns."""
+    lines = [
+        make_line(800, 50, 1000, "top"),
+        make_line(50, 500, 250, "left"),
+        make_line(850, 500, 950, "3"),
+        make_line(1550, 500, 1750, "right"),
+        make_line(750, 950, 1050, "bottom"),
+    ]
+
+    text = texts_in_order(order_lines(lines))
+
+    assert text == "top left 3 right bottom"
