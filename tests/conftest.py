@@ -220,5 +220,5 @@ def make_page_image() -> Callable[..., Image.Image]:
 def corpus_dir() -> Path:
     """The read-only corpus of real test documents beside the checkout."""
     if not CORPUS_DIR.is_dir():
-        pytest.skip(f"the test corpus is not at {CORPUS_DIR}")
+        service_unavailable(f"the test corpus is not at {CORPUS_DIR}; set OCRQ_CORPUS_DIR")
     return CORPUS_DIR
