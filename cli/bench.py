@@ -9,6 +9,7 @@ def bench() -> None:
 
 
 # Subcommands are added after the group exists; each module keeps its heavy imports inside.
-from cli import bench_cpu  # noqa: E402
+from cli import bench_cpu, bench_model  # noqa: E402
 
 bench.add_command(bench_cpu.bench_cpu)
+bench.add_command(bench_model.bench_model)
