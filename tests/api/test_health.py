@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
 
 from api.app import create_app
 from core.jobs import JobService
@@ -95,7 +96,6 @@ def test_request_id_is_echoed_or_generated(make_client: Callable[..., TestClient
 
 def test_request_id_is_bound_in_logs(make_client: Callable[..., TestClient]) -> None:
     from structlog.contextvars import merge_contextvars
-    from structlog.testing import capture_logs
 
     client = make_client()
     with capture_logs(processors=[merge_contextvars]) as logs:
@@ -148,12 +148,16 @@ def test_internal_error_hides_exception_text(
     app = create_app(settings, job_service=FailingJobService.open(settings))
     client = TestClient(app, raise_server_exceptions=False)
 
-    response = client.get(f"/v1/jobs/{uuid.uuid4()}")
+    with capture_logs() as logs:
+        response = client.get(f"/v1/jobs/{uuid.uuid4()}")
 
     assert response.status_code == 500
     detail = response.json()["detail"]
     assert detail["code"] == "internal_error"
     assert ("secret connection string" in detail["message"]) is debug
+    failures = [entry for entry in logs if entry["event"] == "request.failed"]
+    assert len(failures) == 1
+    assert failures[0]["exc_info"] is True
 
 
 def _sample(text: str, series: str) -> float | None:
