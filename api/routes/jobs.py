@@ -23,6 +23,16 @@ API_PREFIX = "/v1"
 # Form fields POST /v1/jobs accepts beside the file.
 JOB_FIELDS = ("mode", "task", "target", "webhook_url", "metadata", "password")
 
+# JSON names of the Python types json.loads returns, for error messages.
+_JSON_TYPE_NAMES = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
 log = get_logger(__name__)
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 
@@ -39,6 +49,7 @@ _UPLOAD_SCHEMA = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
+                    "additionalProperties": False,
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "mode": _MODE_SCHEMA,
@@ -62,6 +73,7 @@ _UPLOAD_SCHEMA = {
     openapi_extra=_UPLOAD_SCHEMA,
     responses={
         200: {"model": JobPublic, "description": "an earlier job with this Idempotency-Key"},
+        400: {"model": ErrorBody, "description": "malformed multipart body"},
         413: {"model": ErrorBody, "description": "file over OCRQ_MAX_FILE_BYTES"},
         415: {"model": ErrorBody, "description": "not a supported document type"},
         422: {"model": ErrorBody, "description": "unreadable document, over a limit, bad option"},
@@ -198,7 +210,8 @@ def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
     webhook_url = fields.get("webhook_url")
     if webhook_url:
         parsed = urlparse(webhook_url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        has_space = any(char.isspace() or not char.isprintable() for char in webhook_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or has_space:
             message = f"Expected webhook_url to be an http or https URL, got {webhook_url[:200]!r}."
             raise InputError(message, code="invalid_webhook_url")
         options["webhook_url"] = webhook_url
@@ -207,12 +220,14 @@ def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
     if raw_metadata:
         try:
             metadata = json.loads(raw_metadata)
+            received = f"a JSON {_JSON_TYPE_NAMES.get(type(metadata), 'value')}"
         except ValueError:
             metadata = None
+            received = "text that is not JSON"
         if not isinstance(metadata, dict):
             message = (
-                "Expected metadata to be a JSON object of at most "
-                f"{MAX_FIELD_BYTES} bytes, got something else."
+                f"Expected metadata to be a JSON object of at most {MAX_FIELD_BYTES} bytes, "
+                f"got {received}."
             )
             raise InputError(message, code="invalid_metadata")
         options["metadata"] = metadata

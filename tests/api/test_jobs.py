@@ -184,6 +184,7 @@ def test_create_job_rejects_pages_over_limit(
         ({"metadata": "[1, 2]"}, "invalid_metadata", "JSON object"),
         ({"metadata": "{not json"}, "invalid_metadata", "JSON object"),
         ({"webhook_url": "ftp://example.com/hook"}, "invalid_webhook_url", "http"),
+        ({"webhook_url": "https://example.com/a hook"}, "invalid_webhook_url", "http"),
         ({"colour": "blue"}, "unknown_field", "colour"),
     ],
 )
