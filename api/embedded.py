@@ -48,7 +48,11 @@ class EmbeddedWorker:
         self._thread.join(timeout=STOP_TIMEOUT_S)
 
     def resume_unfinished(self, database: Database) -> list[str]:
-        """Queue the jobs a previous process left queued or running; return their ids."""
+        """Queue the jobs a previous process left queued or running; return their ids.
+
+        NOTE: the pipeline's lease skips a running job until its heartbeat is older than
+        OCRQ_TASK_TIME_LIMIT_S, so a job that was running at a crash waits that long.
+        """
         unfinished = (JobStatus.QUEUED, JobStatus.RUNNING)
         with database.session() as session:
             statement = select(Job.id).where(Job.status.in_(unfinished)).order_by(Job.created_at)
