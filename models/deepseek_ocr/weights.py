@@ -413,7 +413,9 @@ def fill_random_weights(model: nn.Module, *, seed: int = 0, std: float = 0.02) -
     each tensor, which is several times faster than sampling 3.3 billion values one by one.
     """
     generator = torch.Generator().manual_seed(seed)
-    pool = torch.randn(1 << 20, generator=generator) * std
+    pool_size = 1 << 20
+    pool = torch.randn(pool_size, generator=generator) * std
+    doubled = torch.cat([pool, pool])  # any window of pool_size is a rotation of the pool
     pools: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
     norm_params = set()
     for module in model.modules():
@@ -426,13 +428,13 @@ def fill_random_weights(model: nn.Module, *, seed: int = 0, std: float = 0.02) -
             continue
         key = (parameter.device, parameter.dtype)
         if key not in pools:
-            pools[key] = pool.to(device=parameter.device, dtype=parameter.dtype)
+            pools[key] = doubled.to(device=parameter.device, dtype=parameter.dtype)
         # A different rotation of the pool per tensor, so tensors of one shape still differ.
-        shift = int(torch.randint(0, pool.numel(), (1,), generator=generator))
-        values = torch.roll(pools[key], shift)
+        shift = int(torch.randint(0, pool_size, (1,), generator=generator))
+        values = pools[key][shift : shift + pool_size]
         flat = parameter.view(-1)
-        for start in range(0, flat.numel(), values.numel()):
-            chunk = flat[start : start + values.numel()]
+        for start in range(0, flat.numel(), pool_size):
+            chunk = flat[start : start + pool_size]
             chunk.copy_(values[: chunk.numel()])
 
 
