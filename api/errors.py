@@ -20,6 +20,8 @@ from core.logging import get_logger
 
 log = get_logger(__name__)
 
+# Seconds a client should wait before retrying after a 503 (a dependency failed for now).
+RETRY_AFTER_S = 5
 # Codes for errors raised by Starlette itself, keyed by HTTP status.
 _HTTP_STATUS_CODES = {
     400: "bad_request",
@@ -65,9 +67,12 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
 
     async def handle_ocr_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, OcrError)
-        headers = exc.headers if isinstance(exc, ApiError) else None
+        headers = dict(exc.headers) if isinstance(exc, ApiError) else {}
+        if exc.http_status == 503:
+            # A dependency (database, storage, broker) failed for now; the client may retry.
+            headers.setdefault("Retry-After", str(RETRY_AFTER_S))
         if exc.http_status >= 500:
-            log.warning("request.failed", code=exc.code, status=exc.http_status)
+            log.warning("request.failed", code=exc.code, status=exc.http_status, error=exc.message)
         return error_response(exc.http_status, exc.code, exc.message, headers)
 
     async def handle_http_error(request: Request, exc: Exception) -> Response:

@@ -166,3 +166,16 @@ def _sample(text: str, series: str) -> float | None:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def test_unreachable_storage_returns_503_with_retry_after(
+    make_client: Callable[..., TestClient], corpus_dir: Path
+) -> None:
+    client = make_client(s3_endpoint_url=f"http://127.0.0.1:{free_port()}")
+
+    with (corpus_dir / "phototest.tif").open("rb") as handle:
+        response = client.post("/v1/jobs", files={"file": handle})
+
+    assert response.status_code == 503
+    assert response.json()["detail"]["code"] == "transient_error"
+    assert response.headers["retry-after"].isdigit()
