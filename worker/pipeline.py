@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.documents import Limits, inspect_document
-from core.errors import InputError, OcrError
+from core.errors import InputError, OcrError, TransientError
 from core.jobs import as_utc, build_result
 from core.logging import get_logger
 from core.settings import Settings
@@ -291,6 +292,13 @@ def read_page(
             result = engine.run_pages(
                 [PageInput(image=image, page_index=page_index)], lease.options
             )[0]
+        except SoftTimeLimitExceeded as exc:
+            # The whole attempt is out of time, not this page, so the attempt ends here.
+            message = (
+                f"The attempt ran past its time limit of {context.settings.task_time_limit_s} s "
+                "(OCRQ_TASK_TIME_LIMIT_S)."
+            )
+            raise TransientError(message, code="time_limit_exceeded") from exc
         except Exception as exc:
             # The engine's own failure on this page (bad output, out of memory): the page
             # fails after its tries, the other pages go on.

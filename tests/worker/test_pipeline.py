@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import func, select, update
 
 from core.celery_app import set_embedded_runner
@@ -274,3 +275,21 @@ def test_pipeline_on_postgresql_upserts_pages(
     assert count == 3
     assert load_job(harness, job_id).status == JobStatus.SUCCEEDED
     harness.database.dispose()
+
+
+def test_soft_time_limit_ends_attempt_not_page(
+    harness: Harness, engine: FakeEngine, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_time(*_args: object) -> list[object]:
+        raise SoftTimeLimitExceeded
+
+    monkeypatch.setattr(engine, "run_pages", out_of_time)
+    job_id = harness.insert_job(corpus_dir / "phototest.tif")
+
+    outcome = process_job(job_id, harness.context)
+
+    job = load_job(harness, job_id)
+    assert outcome.retry is True
+    assert job.status == JobStatus.QUEUED
+    assert job.error_code == "time_limit_exceeded"
+    assert page_rows(harness, job_id) == []
