@@ -27,6 +27,8 @@ def register_tasks(app: Celery) -> None:
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,
+        # Registered on this app only; the app is built from settings, so tests build several.
+        shared=False,
     )
     def process_job_task(self: Task[Any, Any], job_id: str) -> str:
         outcome = process_job(job_id, runner.worker_context())
