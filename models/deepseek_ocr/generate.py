@@ -16,10 +16,10 @@ Each sequence stops at the first of:
 - "length": prompt + output reached max_length (8192, the trained sequence length) or the output
   reached max_new_tokens.
 
-The n-gram rule is the vLLM variant used with DeepSeek-OCR, over generated tokens only: with L
-generated tokens, every n-gram starting at index i with max(0, L - window) <= i <= L - n whose
-first n - 1 tokens equal the last n - 1 generated tokens bans its last token, unless that token
-is whitelisted (<td> 128821 and </td> 128822 by default).
+The n-gram rule is the one in DeepSeek-OCR's vLLM scripts (process/ngram_norepeat.py), applied
+to generated tokens only. With L generated tokens, every n-gram starting at index i with
+max(0, L - window) <= i <= L - n whose first n - 1 tokens equal the last n - 1 generated tokens
+bans its last token, unless that token is whitelisted (<td> 128821 and </td> 128822 by default).
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ StepFn = Callable[[Tensor, Tensor, KVCache, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Stop conditions and repeat control for `generate`; defaults follow the vLLM reference."""
+    """Stop conditions and repeat control for `generate`.
+
+    The n-gram defaults (30, 90, <td>/</td>) are those of DeepSeek-OCR's vLLM image script. The
+    loop detector's defaults are estimates, chosen so that legitimate repeated lines pass.
+    """
 
     max_new_tokens: int = 8192
     max_length: int = 8192  # prompt + output tokens (the EOS token counts)
@@ -156,12 +160,9 @@ class _Batch:
         self.budgets = budgets  # [B], max output tokens per row
         self.prompt_lengths = prompt_lengths
         self.sequences = list(range(batch_size))  # row -> index in the caller's list
-        self.tokens = torch.zeros(
-            batch_size, max_budget, dtype=torch.long, device=device
-        )  # [B, L_max]
-        self.loop_runs = torch.zeros(
-            batch_size, loop_max_period, dtype=torch.long, device=device
-        )  # [B, P]
+        # Generated tokens [B, L_max] and, per loop period, trailing run lengths [B, P].
+        self.tokens = torch.zeros((batch_size, max_budget), dtype=torch.long, device=device)
+        self.loop_runs = self.tokens.new_zeros(batch_size, loop_max_period)
         self.length = 0  # tokens generated per row, shared by all rows
         self.columns = 0  # cache columns written
         self.logits = torch.empty(0)  # [B, V], logits for the next token
