@@ -10,7 +10,7 @@ One batch of pages goes through these steps:
    written into the `<image>` slots;
 4. generate: batched greedy decoding with the KV cache (generate.py);
 5. retry: a page whose output loops is decoded once more with a tighter n-gram rule and a lower
-   token limit; if it still loops its result says "loop" (it is never dropped);
+   token limit. If it still loops, its finish_reason is "loop", and the page is kept;
 6. post-process: grounding tags become blocks with pixel boxes, figure crops and markdown.
 
 timings_ms of each page has preprocess (that page alone) and sam, clip, projector, prefill,
@@ -40,7 +40,7 @@ from models.engine import PageInput, PageOptions, PageResult
 
 ENGINE_NAME = "deepseek-ocr"
 # The tighter n-gram rule of the reference PDF script (size 20, window 50) blocks loops with a
-# period of up to 31 tokens; the retry also halves the token limit so a second loop ends sooner.
+# period of up to 31 tokens. The retry also halves the token limit, so a second loop ends sooner.
 RETRY_NGRAM_SIZE = 20
 RETRY_NGRAM_WINDOW = 50
 DEFAULT_MAX_BATCH_PAGES = 8

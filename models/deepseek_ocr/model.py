@@ -85,9 +85,9 @@ class DeepseekOcrForCausalLM(nn.Module):
     ) -> list[torch.Tensor]:
         """Return each page's vision sequence [T_img, D], in page order.
 
-        All views of all pages go through each encoder together: global views grouped by
-        side, tiles (all image_size) in one group. `on_stage_end` is called after SAM, CLIP and
-        the projector, once each.
+        All views of all pages go through each encoder together, in one group per view side
+        (the global views of one mode share a side, and so do all tiles). `on_stage_end` is
+        called after SAM, CLIP and the projector, once each.
         """
         if not pages:
             return []

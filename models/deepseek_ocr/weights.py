@@ -4,9 +4,9 @@ Dimension legend used across models/deepseek_ocr: B batch, T tokens, D hidden, H
 E experts, K top_k; I is the width of one routed expert.
 
 This is the only module that reads checkpoints. Our `state_dict()` keys are the official
-names except for the routed experts: the checkpoint stores one tensor per expert
-(`model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight`), while the MoE keeps them stacked
-as `experts.gate_up_proj` [E, 2*I, D] (gate rows first, then up rows) and `experts.down_proj`
+names except for the routed experts. The checkpoint stores one tensor per expert
+(`model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight`). The MoE keeps them stacked as
+`experts.gate_up_proj` [E, 2*I, D] (gate rows first, then up rows) and `experts.down_proj`
 [E, D, I]. Loading is strict: a missing, unexpected or misshapen tensor stops it with a list
 of the names involved. Only safetensors files are read, so no checkpoint code ever runs.
 """
@@ -143,8 +143,8 @@ def config_from_checkpoint_json(raw: dict[str, Any]) -> OcrConfig:
     """Build an OcrConfig from parsed config.json, encoder sizes from its vision_config.
 
     The reference builders hard-code the encoders, and the official vision_config lists those
-    same sizes, so reading them changes nothing for the official file; it lets small test
-    checkpoints describe small encoders. `mlp_dim` and `neck_channels` are our own additions.
+    same sizes, so reading them changes nothing for the official file. Reading them lets small
+    test checkpoints describe small encoders. `mlp_dim` and `neck_channels` are our own additions.
     """
     config = OcrConfig.from_checkpoint_config(raw)
     widths = (raw.get("vision_config") or {}).get("width") or {}
@@ -197,7 +197,7 @@ def load_checkpoint_weights(
     """Load a checkpoint folder into `model` strictly, casting every tensor to `dtype`.
 
     The checkpoint tensors replace the model's parameters (load_state_dict with assign=True),
-    so a model built without initialised weights never holds two copies. Buffers that are not
+    so a model built without initialised weights never keeps two copies. Buffers that are not
     saved (rotary inv_freq, position ids) keep the values and dtype they were built with.
     """
     specs = checkpoint_tensor_specs(model)
@@ -283,8 +283,7 @@ def checkpoint_config_json(config: OcrConfig, *, torch_dtype: str = "bfloat16") 
     Decoder fields appear at the top level and again in language_config, as in the official
     file. Fields the official file leaves to DeepseekV2Config defaults (rms_norm_eps,
     rope_theta, norm_topk_prob, routed_scaling_factor) are written out so that small test
-    configs round-trip; the two vision_config additions are described in
-    `config_from_checkpoint_json`.
+    configs round-trip. `config_from_checkpoint_json` describes the two vision_config additions.
     """
     decoder = config.decoder
     language = {
@@ -391,8 +390,8 @@ _INIT_FUNCTIONS = (
 def skip_weight_init() -> Iterator[None]:
     """Make torch.nn.init functions no-ops while a model is built, to be filled right after.
 
-    Building the full model in fp32 with the usual initialisation takes tens of seconds on a
-    CPU, and the values are overwritten by the checkpoint anyway. Tensors created directly
+    The usual initialisation of 3.3 billion fp32 values is slow on a CPU, and the checkpoint
+    overwrites the values anyway. Tensors created directly
     (torch.zeros, torch.randn) still get their values. Not thread-safe: it patches the module.
     """
     saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
@@ -409,8 +408,8 @@ def skip_weight_init() -> Iterator[None]:
 def fill_random_weights(model: nn.Module, *, seed: int = 0, std: float = 0.02) -> None:
     """Fill every parameter with small random values (norms get weight 1, bias 0).
 
-    For tests and benchmarks. Values come from one seeded pool of random numbers copied into
-    each tensor, which is several times faster than sampling 3.3 billion values one by one.
+    For tests and benchmarks. Values are windows of one seeded pool of 2^20 random numbers,
+    copied into each tensor, so the full model needs no 3.3 billion random draws.
     """
     generator = torch.Generator().manual_seed(seed)
     pool_size = 1 << 20
