@@ -416,7 +416,7 @@ def fill_random_weights(model: nn.Module, *, seed: int = 0, std: float = 0.02) -
     pool = torch.randn(pool_size, generator=generator) * std
     doubled = torch.cat([pool, pool])  # any window of pool_size is a rotation of the pool
     pools: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-    norm_params = set()
+    norm_params: set[int] = set()
     for module in model.modules():
         if "Norm" in type(module).__name__:
             norm_params.update(id(p) for p in module.parameters(recurse=False))
