@@ -174,6 +174,10 @@ class JobService:
         Raises InputError for a document or option the service cannot accept; nothing is
         stored then. A job with the same idempotency_key is returned instead of a new one.
         An enqueue failure is logged, not raised: the job stays queued for sweep().
+
+        NOTE: `password` is used to inspect the document and is never stored, so only an
+        in-process runner that is handed the password (as `ocrq run` does) can read an
+        encrypted PDF. A worker behind a broker fails such a job with pdf_password_required.
         """
         engine = engine or self.settings.engine
         check_job_options(engine, mode, task, target)
