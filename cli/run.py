@@ -123,9 +123,12 @@ class _Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=pages_total, desc=self.name, unit="page", file=sys.stderr)
-        self.bar.n = pages_done
-        self.bar.refresh()
+            # The bar appears after the first page, which counts as its start, not its rate.
+            self.bar = tqdm(
+                total=pages_total, initial=pages_done, desc=self.name, unit="page", file=sys.stderr
+            )
+            return
+        self.bar.update(pages_done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
