@@ -206,6 +206,8 @@ def run_attempt(
     with tempfile.TemporaryDirectory(prefix="ocrq-job-") as folder:
         path = Path(folder) / "original"
         stage_started = time.perf_counter()
+        # TODO: jobs whose source is a URL or an S3 object (jobs.source) need fetching here;
+        # the pipeline reads only the stored upload at input_key.
         context.storage.download_to(lease.input_key, path)
         log.info(
             "stage.finished",
@@ -442,6 +444,8 @@ def finish_job(
     error_message: str | None,
 ) -> None:
     """Record the final status under this attempt's fence; raise LeaseLost if it was taken."""
+    # TODO: write the webhook outbox row (core.tables.WebhookDelivery) in this transaction, as
+    # the outbox design requires; no delivery worker exists yet to agree its fields with.
     with context.database.session() as session:
         fenced = session.execute(
             _fenced_update(lease).values(
