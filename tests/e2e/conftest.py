@@ -29,10 +29,11 @@ OCRQ = str(Path(sys.executable).with_name("ocrq"))
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 # The e2e worker runs under the solo pool, which ignores Celery's time limits. So this limit
-# only sets how fast a crashed attempt is taken over. The lease counts a running job as
-# abandoned once its heartbeat is this old. The broker re-delivers an unacknowledged message
-# after three times this (core.celery_app.VISIBILITY_TIMEOUT_FACTOR).
-E2E_TASK_TIME_LIMIT_S = 4
+# only sets how fast a crashed attempt is taken over. The lease and the workers' sweeper count
+# a running job as abandoned once its heartbeat is this old. The broker re-delivers an
+# unacknowledged message after three times this (core.celery_app.VISIBILITY_TIMEOUT_FACTOR).
+# It is far above one page's time, so no healthy attempt is taken over.
+E2E_TASK_TIME_LIMIT_S = 120
 
 
 @dataclass

@@ -17,7 +17,7 @@ from client import OcrqClient
 from core.db import Database
 from core.jobs import as_utc
 from core.tables import Job, Page
-from tests.e2e.conftest import E2E_TASK_TIME_LIMIT_S, Stack
+from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.services
 
@@ -36,8 +36,10 @@ CORPUS_DOCUMENTS = (
     "2400dpi.pdf",
 )
 JOB_TIMEOUT_S = 600.0
-# The broker re-delivers an unacknowledged message this long after it was delivered.
-VISIBILITY_TIMEOUT_S = 3 * E2E_TASK_TIME_LIMIT_S
+# The crash test's task time limit. A running job whose heartbeat is older counts as abandoned,
+# and the broker re-delivers an unacknowledged message three times this after its delivery.
+CRASH_TASK_TIME_LIMIT_S = 4
+VISIBILITY_TIMEOUT_S = 3 * CRASH_TASK_TIME_LIMIT_S
 
 
 def submit_concurrently(api_url: str, paths: list[Path]) -> list[str]:
@@ -130,6 +132,7 @@ def test_worker_crash_resumes_job_without_duplicate_pages(stack: Stack, corpus_d
 
     The new attempt keeps the pages written before the crash and writes each page once.
     """
+    stack.env["OCRQ_TASK_TIME_LIMIT_S"] = str(CRASH_TASK_TIME_LIMIT_S)
     stack.start_api()
     first_worker = stack.start_worker()
     client = OcrqClient(stack.api_url)
