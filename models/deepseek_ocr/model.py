@@ -32,6 +32,7 @@ from models.deepseek_ocr.projector import Projector
 from models.deepseek_ocr.sam import SamEncoder
 from models.deepseek_ocr.vision import assemble_vision_sequence
 
+DEFAULT_MAX_VIEWS_PER_PASS = 16
 # Called after each vision stage ("sam", "clip", "projector") so a caller can time it.
 StageHook = Callable[[str], None]
 
@@ -70,6 +71,8 @@ class DeepseekOcrForCausalLM(nn.Module):
         self.config = config
         self.model = DeepseekOcrModel(config)
         self.lm_head = nn.Linear(config.decoder.hidden_size, config.decoder.vocab_size, bias=False)
+        # Views per SAM or CLIP call; larger batches of views are split (see _in_chunks).
+        self.max_views_per_pass = DEFAULT_MAX_VIEWS_PER_PASS
 
     @property
     def dtype(self) -> torch.dtype:
@@ -94,10 +97,12 @@ class DeepseekOcrForCausalLM(nn.Module):
         groups = _group_views(pages)
         hook = on_stage_end or _ignore_stage
 
-        sam_features = [self.model.sam_model(self._to_model(views)) for views, _ in groups]
+        sam_features = [
+            self._in_chunks(self.model.sam_model, self._to_model(views)) for views, _ in groups
+        ]  # each [B, C_sam, q, q]
         hook("sam")
         clip_features = [
-            self.model.vision_model(features) for features in sam_features
+            self._in_chunks(self.model.vision_model, features) for features in sam_features
         ]  # each [B, q*q + 1, D_clip]
         hook("clip")
         tokens = [
@@ -151,6 +156,19 @@ class DeepseekOcrForCausalLM(nn.Module):
             hidden = hidden[:, -1:]  # [B, 1, D]
         hidden = self.model.norm(hidden)
         return self.lm_head(hidden).float()  # [B, T or 1, V]
+
+    def _in_chunks(
+        self, encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Run `encoder` on at most max_views_per_pass views at a time and join the outputs.
+
+        SAM's global-attention bias is [B*H, 4096, 4096] for 1024-pixel views, so an unbounded
+        batch of views could exhaust memory; the encoders' outputs themselves are small.
+        """
+        if inputs.shape[0] <= self.max_views_per_pass:
+            return encoder(inputs)
+        parts = [encoder(chunk) for chunk in inputs.split(self.max_views_per_pass)]
+        return torch.cat(parts)
 
     def _to_model(self, views: torch.Tensor) -> torch.Tensor:
         return views.to(device=self.device, dtype=self.dtype)

@@ -109,3 +109,14 @@ def test_projector_width_must_match_decoder() -> None:
     )
     with pytest.raises(ValueError, match="n_embed 48"):
         DeepseekOcrForCausalLM(config)
+
+
+def test_views_split_into_passes_give_same_sequences() -> None:
+    model = make_model()
+    pages = [make_page(700, 1000, "gundam", 180), make_page(300, 200, "tiny", 220)]
+    whole = model.encode_images(pages)
+    model.max_views_per_pass = 2
+    split = model.encode_images(pages)
+    for expected, actual in zip(whole, split, strict=True):
+        difference = (expected - actual).abs().max().item()
+        assert difference < 1e-4, difference
