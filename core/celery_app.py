@@ -19,6 +19,9 @@ from core.settings import Settings, get_settings
 TASK_PROCESS_JOB = "ocrq.process_job"
 QUEUE_OCR = "ocr"
 QUEUE_NAMES = (QUEUE_OCR,)
+# Job priority to Redis message priority. Redis transports serve 0 first, the opposite of AMQP,
+# and kombu keeps one list per step of its default priority steps (0, 3, 6, 9).
+MESSAGE_PRIORITIES = {"high": 0, "normal": 3, "low": 6}
 
 # Redis re-delivers an unacknowledged message after visibility_timeout, set to this many task
 # time limits. A factor above 2 keeps a long but healthy attempt on its first worker.
@@ -48,6 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": VISIBILITY_TIMEOUT_FACTOR * hard_limit_s,
             "health_check_interval": 30,
             "socket_keepalive": True,
+            "queue_order_strategy": "priority",
         },
         "task_default_queue": QUEUE_OCR,
         "task_routes": {TASK_PROCESS_JOB: {"queue": QUEUE_OCR}},
@@ -96,11 +100,12 @@ def set_embedded_runner(runner: EmbeddedRunner | None) -> None:
     _embedded_runner = runner
 
 
-def enqueue_job(job_id: str, settings: Settings) -> None:
+def enqueue_job(job_id: str, settings: Settings, priority: str = "normal") -> None:
     """Send task ocrq.process_job for `job_id`, or run it in-process in embedded mode.
 
-    Raises TransientError when the broker rejects the message or no embedded runner is
-    registered; the job then stays queued with enqueued_at unset for the sweeper.
+    `priority` is high, normal or low. Raises TransientError when the broker rejects the
+    message or no embedded runner is registered, and the job then stays queued with
+    enqueued_at unset for the sweeper.
     """
     if settings.embedded:
         runner = _embedded_runner
@@ -113,7 +118,12 @@ def enqueue_job(job_id: str, settings: Settings) -> None:
     app = get_celery_app(settings)
     try:
         app.send_task(
-            TASK_PROCESS_JOB, args=[job_id], queue=QUEUE_OCR, retry=True, retry_policy=_SEND_RETRY
+            TASK_PROCESS_JOB,
+            args=[job_id],
+            queue=QUEUE_OCR,
+            priority=MESSAGE_PRIORITIES.get(priority, MESSAGE_PRIORITIES["normal"]),
+            retry=True,
+            retry_policy=_SEND_RETRY,
         )
     except Exception as exc:  # kombu raises many unrelated types for one unreachable broker
         message = f"the broker did not accept job {job_id}: {type(exc).__name__}"

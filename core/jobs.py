@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from core.celery_app import enqueue_job
+from core.celery_app import MESSAGE_PRIORITIES, enqueue_job
 from core.db import Database
 from core.documents import Limits, inspect_document
 from core.errors import ConflictError, InputError, NotFoundError, OcrError
@@ -168,6 +168,9 @@ class JobService:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         password: str | None = None,
+        tenant_id: str | None = None,
+        batch_id: str | None = None,
+        priority: str = "normal",
     ) -> Job:
         """Inspect, store, commit and enqueue a job for the document at `path`.
 
@@ -181,6 +184,9 @@ class JobService:
         """
         engine = engine or self.settings.engine
         check_job_options(engine, mode, task, target)
+        if priority not in MESSAGE_PRIORITIES:
+            message = f"Expected priority high, normal or low, got {priority!r}."
+            raise InputError(message, code="invalid_priority", http_status=422)
         if idempotency_key:
             existing = self.find_by_idempotency_key(idempotency_key)
             if existing is not None:
@@ -209,6 +215,9 @@ class JobService:
             metadata_=metadata,
             webhook_url=webhook_url,
             idempotency_key=idempotency_key,
+            tenant_id=tenant_id,
+            batch_id=batch_id,
+            priority=priority,
         )
         with self.database.session() as session:
             session.add(job)
@@ -235,8 +244,10 @@ class JobService:
 
     def enqueue(self, job_id: str) -> bool:
         """Enqueue the job and record enqueued_at; return False (and log) when it failed."""
+        with self.database.session() as session:
+            priority = session.scalar(select(Job.priority).where(Job.id == job_id)) or "normal"
         try:
-            enqueue_job(job_id, self.settings)
+            enqueue_job(job_id, self.settings, priority)
         except OcrError as exc:
             log.warning("job.enqueue_failed", job_id=job_id, error_code=exc.code, error=exc.message)
             return False

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from core.celery_app import (
+    MESSAGE_PRIORITIES,
     QUEUE_OCR,
     TASK_PROCESS_JOB,
     create_celery_app,
@@ -76,7 +77,7 @@ def test_enqueue_sends_task_by_name_to_redis(
     client = redis.Redis.from_url(redis_url)
     client.delete(QUEUE_OCR)
 
-    enqueue_job("job-2", make_settings(broker_url=redis_url))
+    enqueue_job("job-2", make_settings(broker_url=redis_url), priority="high")
 
     messages = client.lrange(QUEUE_OCR, 0, -1)
     client.delete(QUEUE_OCR)
@@ -94,3 +95,20 @@ def test_enqueue_to_unreachable_broker_fails_fast(make_settings: Callable[..., S
         enqueue_job("job-3", settings)
 
     assert time.monotonic() - started < 15
+
+
+def test_low_priority_goes_to_its_own_redis_list(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    """kombu keeps one Redis list per priority step; the worker drains step 0 first."""
+    client = redis.Redis.from_url(redis_url)
+    low_list = f"{QUEUE_OCR}\x06\x16{MESSAGE_PRIORITIES['low']}"
+    client.delete(QUEUE_OCR, low_list)
+
+    enqueue_job("job-4", make_settings(broker_url=redis_url), priority="low")
+
+    low_length = client.llen(low_list)
+    high_length = client.llen(QUEUE_OCR)
+    client.delete(QUEUE_OCR, low_list)
+    assert low_length == 1
+    assert high_length == 0

@@ -130,6 +130,7 @@ def test_create_job_rejects_invalid_pdf_before_storing(harness: Harness, corpus_
         ({"task": "translate"}, "invalid_task"),
         ({"engine": "tesseract"}, "invalid_engine"),
         ({"task": "locate"}, "missing_target"),
+        ({"priority": "urgent"}, "invalid_priority"),
     ],
 )
 def test_create_job_rejects_invalid_options(
