@@ -219,8 +219,13 @@ class JobService:
             batch_id=batch_id,
             priority=priority,
         )
-        with self.database.session() as session:
-            session.add(job)
+        try:
+            with self.database.session() as session:
+                session.add(job)
+        except Exception:
+            # No row will ever point at the stored input, so it goes too.
+            self.storage.delete_prefix(job_prefixes(job_id)[0])
+            raise
         log.info(
             "job.created",
             job_id=job_id,

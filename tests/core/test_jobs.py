@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from core.celery_app import set_embedded_runner
 from core.errors import ConflictError, InputError, NotFoundError
@@ -247,3 +248,18 @@ def test_result_of_queued_job_has_no_pages(harness: Harness, corpus_dir: Path) -
     job = harness.service.create_job(corpus_dir / "phototest.tif")
 
     assert harness.service.get_result(job.id) == {"job_id": job.id, "markdown": "", "pages": []}
+
+
+def test_failed_commit_removes_stored_input(
+    harness: Harness, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_session() -> object:
+        raise OperationalError("INSERT", {}, Exception("database is gone"))
+
+    monkeypatch.setattr(harness.database, "session", broken_session)
+
+    with pytest.raises(OperationalError):
+        harness.service.create_job(corpus_dir / "phototest.tif")
+
+    inputs = harness.settings.data_dir / "storage" / "inputs"
+    assert not inputs.exists() or list(inputs.rglob("*")) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -293,3 +294,21 @@ def test_soft_time_limit_ends_attempt_not_page(
     assert job.status == JobStatus.QUEUED
     assert job.error_code == "time_limit_exceeded"
     assert page_rows(harness, job_id) == []
+
+
+def test_concurrent_leases_on_postgresql_pick_one(
+    make_settings: Callable[..., Settings], postgres_url: str, corpus_dir: Path
+) -> None:
+    """Eight threads race for one queued job; the conditional UPDATE lets exactly one win."""
+    harness = make_harness(make_settings(database_url=postgres_url), FakeEngine())
+    job_id = harness.insert_job(corpus_dir / "phototest.tif")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        leases = list(pool.map(lambda _: lease_job(harness.context, job_id), range(8)))
+    set_embedded_runner(None)
+
+    winners = [lease for lease in leases if lease is not None]
+    assert len(winners) == 1
+    assert winners[0].attempt == 1
+    assert load_job(harness, job_id).attempt == 1
+    harness.database.dispose()
