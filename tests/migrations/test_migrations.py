@@ -14,13 +14,30 @@ from core.db import Database, downgrade_database, upgrade_database
 from core.tables import Base
 
 
+@pytest.fixture(scope="module")
+def migration_postgres_url(request: pytest.FixtureRequest) -> str:
+    """One PostgreSQL database for this module; dropping a database costs over a second."""
+    server = request.getfixturevalue("postgres_server")
+    url: str = server.create_database()
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def make_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
-    """Factory of URLs of fresh, empty databases of either backend."""
+    """Factory of URLs of empty databases of either backend.
+
+    The PostgreSQL database is shared by the module and emptied by a downgrade to base first.
+    """
     if request.param == "sqlite":
         return lambda: f"sqlite:///{tmp_path / 'ocrq.db'}"
-    server = request.getfixturevalue("postgres_server")
-    return server.create_database
+    url = request.getfixturevalue("migration_postgres_url")
+
+    def empty_postgres_url() -> str:
+        downgrade_database(url, "base")
+        assert table_names(url) <= {"alembic_version"}
+        return str(url)
+
+    return empty_postgres_url
 
 
 def table_names(url: str) -> set[str]:
