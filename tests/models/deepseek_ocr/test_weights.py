@@ -18,6 +18,8 @@ from models.deepseek_ocr.weights import (
     INDEX_FILE,
     SINGLE_FILE,
     CheckpointMismatchError,
+    checkpoint_config_json,
+    config_from_checkpoint_json,
     describe_checkpoint,
     fill_random_weights,
     load_model,
@@ -267,3 +269,15 @@ def test_folder_without_weights_is_rejected(tmp_path: Path) -> None:
     (tmp_path / SINGLE_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
+
+
+def test_official_config_fields_give_full_config() -> None:
+    """The official file has neither our extra keys nor the DeepseekV2Config default fields."""
+    raw = checkpoint_config_json(OcrConfig())
+    for key in ("rms_norm_eps", "rope_theta", "norm_topk_prob", "routed_scaling_factor"):
+        del raw[key]
+        del raw["language_config"][key]
+    for encoder in raw["vision_config"]["width"].values():
+        encoder.pop("mlp_dim")
+        encoder.pop("neck_channels", None)
+    assert config_from_checkpoint_json(raw) == OcrConfig()
