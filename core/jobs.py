@@ -40,6 +40,12 @@ DEFAULT_TASK = "markdown"
 # line of its own, so the joined text still splits back into pages with one str.split().
 PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
 
+# A running attempt refreshes jobs.heartbeat_at this often, from a thread beside the engine.
+HEARTBEAT_INTERVAL_S = 20.0
+# A running job whose heartbeat is older than this has lost its worker: a new attempt may take
+# it over, and sweep() sends it again.
+LEASE_TTL_S = 90
+
 # A queued job is re-enqueued by sweep() only after this grace, so a create_job() that is
 # still between its commit and its enqueue is not sent twice.
 SWEEP_GRACE_S = 30
@@ -343,8 +349,8 @@ class JobService:
     def sweep(self, grace_s: int = SWEEP_GRACE_S) -> list[str]:
         """Re-enqueue jobs whose enqueue never happened and running jobs whose worker is gone.
 
-        A running job counts as abandoned when its heartbeat is older than the task time
-        limit. The pipeline's lease lets the new attempt take it over. Returns the job ids sent.
+        A running job counts as abandoned when its heartbeat is older than LEASE_TTL_S. The
+        pipeline's lease lets the new attempt take it over. Returns the job ids sent.
         """
         now = utcnow()
         never_enqueued = (
@@ -353,7 +359,7 @@ class JobService:
             & (Job.created_at < now - timedelta(seconds=grace_s))
         )
         abandoned = (Job.status == JobStatus.RUNNING) & (
-            Job.heartbeat_at < now - timedelta(seconds=self.settings.task_time_limit_s)
+            Job.heartbeat_at < now - timedelta(seconds=LEASE_TTL_S)
         )
         with self.database.session() as session:
             statement = (

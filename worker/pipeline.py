@@ -12,8 +12,10 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +32,7 @@ from sqlalchemy.orm import Session
 from core.db import Database
 from core.documents import Limits, inspect_document
 from core.errors import InputError, OcrError, TransientError
-from core.jobs import as_utc, build_result
+from core.jobs import HEARTBEAT_INTERVAL_S, LEASE_TTL_S, as_utc, build_result
 from core.logging import get_logger
 from core.settings import Settings
 from core.states import JobStatus, PageStatus, final_job_status
@@ -97,7 +99,10 @@ def process_job(
         return AttemptOutcome(status="dropped")
 
     started = time.perf_counter()
-    with structlog.contextvars.bound_contextvars(job_id=job_id, attempt=lease.attempt):
+    with (
+        structlog.contextvars.bound_contextvars(job_id=job_id, attempt=lease.attempt),
+        heartbeat(context, lease),
+    ):
         try:
             status = run_attempt(context, lease, password, on_page)
         except LeaseLost:
@@ -121,11 +126,41 @@ def process_job(
         return AttemptOutcome(status=status)
 
 
+@contextmanager
+def heartbeat(context: PipelineContext, lease: Lease) -> Iterator[None]:
+    """Refresh the job's heartbeat every HEARTBEAT_INTERVAL_S while the block runs.
+
+    The engine may spend minutes on one page; without this, a live attempt would look dead
+    to the sweeper and to a redelivered task after LEASE_TTL_S.
+    """
+    stop = threading.Event()
+    bound = structlog.contextvars.get_contextvars()
+
+    def beat() -> None:
+        structlog.contextvars.bind_contextvars(**bound)
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                with context.database.session() as session:
+                    fenced = session.execute(_fenced_update(lease).values(heartbeat_at=utcnow()))
+                if _rowcount(fenced) != 1:
+                    return  # canceled or taken over; the attempt notices before its next page
+            except Exception:
+                log.warning("heartbeat.failed", exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"ocrq-heartbeat-{lease.job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def lease_job(context: PipelineContext, job_id: str) -> Lease | None:
     """Take the job for a new attempt, or return None when this delivery must be dropped.
 
     A job is leased when it is queued, or running under an attempt whose heartbeat is older
-    than the task time limit (its worker died). The attempt counter moves in one conditional
+    than LEASE_TTL_S (its worker died). The attempt counter moves in one conditional
     UPDATE, so of two deliveries racing for the same job only one wins.
     """
     settings = context.settings
@@ -135,7 +170,7 @@ def lease_job(context: PipelineContext, job_id: str) -> Lease | None:
         if job is None:
             log.warning("attempt.dropped", job_id=job_id, reason="job_not_found")
             return None
-        reason = _drop_reason(job, now, settings.task_time_limit_s)
+        reason = _drop_reason(job, now, LEASE_TTL_S)
         if reason is not None:
             log.info("attempt.dropped", job_id=job_id, reason=reason, status=job.status)
             return None

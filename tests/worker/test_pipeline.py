@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -312,3 +313,26 @@ def test_concurrent_leases_on_postgresql_pick_one(
     assert winners[0].attempt == 1
     assert load_job(harness, job_id).attempt == 1
     harness.database.dispose()
+
+
+def test_heartbeat_refreshes_during_long_page(
+    harness: Harness, engine: FakeEngine, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page that outlasts the heartbeat interval still moves jobs.heartbeat_at forward."""
+    monkeypatch.setattr("worker.pipeline.HEARTBEAT_INTERVAL_S", 0.05)
+    job_id = harness.insert_job(corpus_dir / "phototest.tif")
+    seen: list[object] = []
+    read_page = engine.run_pages
+
+    def slow_page(*args: object) -> object:
+        seen.append(load_job(harness, job_id).heartbeat_at)
+        time.sleep(0.5)
+        seen.append(load_job(harness, job_id).heartbeat_at)
+        return read_page(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "run_pages", slow_page)
+
+    outcome = process_job(job_id, harness.context)
+
+    assert outcome.status == JobStatus.SUCCEEDED
+    assert seen[1] > seen[0]  # type: ignore[operator]
