@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     debug: bool = False
     log_level: str = "INFO"
 
+    # Comma-separated host names, IPs or CIDRs that the SSRF guard (core/ssrf.py) lets URL
+    # inputs and webhook targets reach although they are loopback, private or link-local.
+    url_allowlist: str = ""
+    # Signs deliveries to a job's or batch's webhook_url when the job has no tenant (no-auth
+    # and embedded mode): whsec_ and base64 of 24-64 random bytes. Unset: such events are dropped.
+    webhook_secret: SecretStr | None = None
+
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, value: str | None) -> str | None:
