@@ -59,7 +59,7 @@ class Job(Base):
     # Null until the broker accepted the task; the sweeper re-enqueues queued jobs left null.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # Refreshed by the attempt that holds the job (core.jobs.HEARTBEAT_INTERVAL_S). A running job
+    # Refreshed by the attempt that leased the job (core.jobs.HEARTBEAT_INTERVAL_S). A running job
     # whose heartbeat is older than core.jobs.LEASE_TTL_S has lost its worker and may be taken over.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
