@@ -130,8 +130,8 @@ def process_job(
 def heartbeat(context: PipelineContext, lease: Lease) -> Iterator[None]:
     """Refresh the job's heartbeat every HEARTBEAT_INTERVAL_S while the block runs.
 
-    The engine may spend minutes on one page; without this, a live attempt would look dead
-    to the sweeper and to a redelivered task after LEASE_TTL_S.
+    The engine may spend minutes on one page. Without this thread, a live attempt would look
+    dead to the sweeper and to a redelivered task after LEASE_TTL_S.
     """
     stop = threading.Event()
     bound = structlog.contextvars.get_contextvars()
