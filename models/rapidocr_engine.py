@@ -64,31 +64,57 @@ class RapidOcrEngine:
             raise ValueError(message)
         return [self._read_page(page, options) for page in pages]
 
-    def read_lines(self, image: Image.Image) -> tuple[list[TextLine], dict[str, int]]:
-        """Detect and recognise the text lines of one RGB page, in detector order, with timings."""
-        timings_ms: dict[str, int] = {}
+    def read_lines(self, image: Image.Image) -> tuple[Image.Image, list[TextLine], dict[str, int]]:
+        """Detect and recognise the text lines of one RGB page, in detector order, with timings.
 
+        When most detected lines run vertically, the page lies on its side: it is read turned a
+        quarter turn each way, and the reading with the larger confidence-weighted character
+        count wins. The image returned is the one the lines were read from, upright.
+        """
+        timings_ms = {"detect": 0, "recognise": 0}
+        quads = self._detect_timed(image, timings_ms)
+        if not _mostly_vertical(quads):
+            return image, self._recognise_timed(image, quads, timings_ms), timings_ms
+
+        best: tuple[float, Image.Image, list[TextLine]] | None = None
+        for transpose in (Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_90):
+            turned = image.transpose(transpose)
+            turned_quads = self._detect_timed(turned, timings_ms)
+            lines = self._recognise_timed(turned, turned_quads, timings_ms)
+            weight = sum(line.score * len(line.text) for line in lines)
+            if best is None or weight > best[0]:
+                best = (weight, turned, lines)
+        assert best is not None
+        return best[1], best[2], timings_ms
+
+    def _detect_timed(self, image: Image.Image, timings_ms: dict[str, int]) -> list[np.ndarray]:
         started = time.perf_counter()
         quads = self._detect(image)
-        timings_ms["detect"] = _elapsed_ms(started)
+        timings_ms["detect"] += _elapsed_ms(started)
+        return quads
 
+    def _recognise_timed(
+        self, image: Image.Image, quads: list[np.ndarray], timings_ms: dict[str, int]
+    ) -> list[TextLine]:
         started = time.perf_counter()
         lines: list[TextLine] = []
         if quads:
             # NOTE: RapidOCR's 180-degree line classifier is not run, because on upright 300 dpi
-            # scans it turned correct lines upside down (linn.png CER 0.03 -> 0.07). Pages arrive
-            # with EXIF orientation applied, but a page scanned upside down is read as noise.
+            # scans it turned correct lines upside down (linn.png CER 0.03 -> 0.07). A page
+            # scanned upside down is therefore read as noise.
             crops = [_crop_line(image, quad) for quad in quads]
             recognised, _ = self._ocr.text_rec(crops)
             for quad, (text, score, *_) in zip(quads, recognised, strict=True):
                 if float(score) >= self._min_score and text.strip():
                     lines.append(TextLine.from_quad(quad.tolist(), text, float(score)))
-        timings_ms["recognise"] = _elapsed_ms(started)
-        return lines, timings_ms
+        timings_ms["recognise"] += _elapsed_ms(started)
+        return lines
 
     def _read_page(self, page: PageInput, options: PageOptions) -> PageResult:
         image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
-        lines, timings_ms = self.read_lines(image)
+        # NOTE: for a page read turned, width, height and boxes describe the turned (upright)
+        # page, and PageResult has no field that records the turn.
+        image, lines, timings_ms = self.read_lines(image)
 
         started = time.perf_counter()
         blocks = order_lines(lines)
@@ -123,6 +149,17 @@ class RapidOcrEngine:
         if quads is None or len(quads) == 0:
             return []
         return [np.asarray(quad, dtype=np.float64) / scale for quad in quads]
+
+
+def _mostly_vertical(quads: list[np.ndarray]) -> bool:
+    """Return whether more than half of the line quads are taller than wide (a page on its side)."""
+    vertical = 0
+    for top_left, top_right, _, bottom_left in quads:
+        width = float(np.linalg.norm(top_right - top_left))
+        height = float(np.linalg.norm(bottom_left - top_left))
+        if height >= _VERTICAL_RATIO * width:
+            vertical += 1
+    return vertical * 2 > len(quads)
 
 
 def _crop_line(image: Image.Image, quad: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The rapidocr engine on real corpus pages: accuracy gates and the shape of its page results.
 
 Each corpus page is read once per test session (functools.cache), so the gate and the shape tests
-for one page share a single run. The five pages take about 20 s together on 2 idle CPU cores.
+for one page share a single run. The six pages take about 20 s together on 2 idle CPU cores, an
+estimate from single runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ CER_GATES = {
     "8071_093.3B.tif": 0.15,
     "linn.png": 0.15,
     "oyo.png": 0.20,
+    # The same page as phototest.tif, turned 90 degrees in its pixels.
+    "phototest-rotated-L.png": 0.05,
 }
 
 
@@ -84,6 +87,14 @@ def test_result_has_blocks_timings_and_size(corpus_dir: Path) -> None:
         x1, y1, x2, y2 = block.bbox
         assert 0 <= x1 < x2 <= result.width
         assert 0 <= y1 < y2 <= result.height
+
+
+def test_page_on_its_side_is_read_upright(corpus_dir: Path) -> None:
+    """A 480x640 page whose lines run vertically comes back as the 640x480 upright page."""
+    result = read_corpus_page("phototest-rotated-L.png")
+
+    assert (result.width, result.height) == (640, 480)
+    assert result.markdown.startswith("This is a lot of 12 point text")
 
 
 def test_tall_lines_become_title_blocks(corpus_dir: Path) -> None:
