@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # and embedded mode): whsec_ and base64 of 24-64 random bytes. Unset: such events are dropped.
     webhook_secret: SecretStr | None = None
 
+    # API authentication. True: every /v1 request needs `Authorization: Bearer <key>` (keys from
+    # `ocrq keys create`). False is for local development only: requests then belong to no tenant.
+    # `ocrq run` never reads it because it does not go through the API.
+    auth_required: bool = True
+    # How long an Idempotency-Key is remembered per tenant; the sweeper purges older records.
+    idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, value: str | None) -> str | None:
