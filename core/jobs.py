@@ -24,6 +24,7 @@ from core.db import Database
 from core.documents import Limits, inspect_document
 from core.errors import ConflictError, InputError, NotFoundError, OcrError
 from core.logging import get_logger
+from core.outbox import record_job_finished
 from core.settings import Settings
 from core.states import JobStatus, PageStatus
 from core.storage import Storage, input_key, job_prefixes, open_storage
@@ -313,6 +314,8 @@ class JobService:
             previous = job.status
             job.status = JobStatus.CANCELED
             job.finished_at = utcnow()
+            # The job.canceled webhook commits with the status change.
+            record_job_finished(session, job.id, self.settings)
         log.info("job.canceled", job_id=job_id, previous_status=previous)
         return self.get_job(job_id)
 
