@@ -34,6 +34,7 @@ from core.documents import Limits, inspect_document
 from core.errors import InputError, OcrError, TransientError
 from core.jobs import HEARTBEAT_INTERVAL_S, LEASE_TTL_S, as_utc, build_result
 from core.logging import get_logger
+from core.outbox import record_job_finished
 from core.settings import Settings
 from core.states import JobStatus, PageStatus, final_job_status
 from core.storage import Storage, figure_key, result_json_key, result_markdown_key
@@ -177,7 +178,7 @@ def lease_job(context: PipelineContext, job_id: str) -> Lease | None:
         if job.attempt >= settings.max_attempts:
             # Earlier attempts died without recording an outcome (killed worker, lost node).
             message = f"Job {job_id} used all {job.attempt} attempts (OCRQ_MAX_ATTEMPTS)."
-            _fail_exhausted(session, job, message, now)
+            _fail_exhausted(session, job, message, now, settings)
             log.error("job.finished", job_id=job_id, status=JobStatus.FAILED, reason=message)
             return None
 
@@ -216,8 +217,10 @@ def _drop_reason(job: Job, now: datetime, stale_after_s: int) -> str | None:
     return None
 
 
-def _fail_exhausted(session: Session, job: Job, message: str, now: datetime) -> None:
-    session.execute(
+def _fail_exhausted(
+    session: Session, job: Job, message: str, now: datetime, settings: Settings
+) -> None:
+    exhausted = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.attempt == job.attempt)
         .values(
@@ -227,6 +230,8 @@ def _fail_exhausted(session: Session, job: Job, message: str, now: datetime) -> 
             finished_at=now,
         )
     )
+    if _rowcount(exhausted) == 1:
+        record_job_finished(session, job.id, settings)
 
 
 def run_attempt(
@@ -479,8 +484,6 @@ def finish_job(
     error_message: str | None,
 ) -> None:
     """Record the final status under this attempt's fence; raise LeaseLost if it was taken."""
-    # TODO: write the webhook outbox row (core.tables.WebhookDelivery) in this transaction, as
-    # the outbox design requires; no delivery worker exists yet to agree its fields with.
     with context.database.session() as session:
         fenced = session.execute(
             _fenced_update(lease).values(
@@ -492,6 +495,8 @@ def finish_job(
         )
         if _rowcount(fenced) != 1:
             raise LeaseLost(lease.job_id)
+        # The webhook outbox rows commit with the status, or not at all.
+        record_job_finished(session, lease.job_id, context.settings)
 
 
 def handle_attempt_error(
@@ -516,6 +521,8 @@ def handle_attempt_error(
         values["heartbeat_at"] = None
     with context.database.session() as session:
         released = session.execute(_fenced_update(lease).values(**values))
+        if final and _rowcount(released) == 1:
+            record_job_finished(session, lease.job_id, context.settings)
     if _rowcount(released) != 1:
         log.warning("attempt.stopped", reason="lease_lost", error_code=code, exc_info=exc)
         return AttemptOutcome(status=current_status(context, lease.job_id))
