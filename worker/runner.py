@@ -15,6 +15,7 @@ from core.db import Database
 from core.errors import ConfigError
 from core.jobs import JobService
 from core.logging import get_logger
+from core.outbox import wake_if_due
 from core.settings import Settings, get_settings
 from core.storage import open_storage
 from models.engine import Engine
@@ -116,7 +117,9 @@ def warm_up() -> None:
 
 
 def start_sweeper(settings: Settings, interval_s: float = SWEEP_INTERVAL_S) -> threading.Event:
-    """Run JobService.sweep() every `interval_s` in a daemon thread; set the event to stop it.
+    """Run JobService.sweep() and wake_if_due() every `interval_s` in a daemon thread.
+
+    Set the returned event to stop it.
 
     Every worker runs one; two sweepers sending the same job is harmless because the
     pipeline's lease drops the duplicate delivery.
@@ -128,6 +131,7 @@ def start_sweeper(settings: Settings, interval_s: float = SWEEP_INTERVAL_S) -> t
         while not stop.wait(interval_s):
             try:
                 service.sweep()
+                wake_if_due(settings, service.database)
             except Exception:
                 # A database or broker outage; the next round tries again.
                 log.exception("sweep.failed")

@@ -15,11 +15,12 @@ from core.celery_app import TASK_PROCESS_JOB
 from core.settings import get_settings
 from worker import runner
 from worker.pipeline import process_job
+from worker.webhooks import register_webhook_tasks, worker_delivery_context
 
 
 def register_tasks(app: Celery) -> None:
-    """Register ocrq.process_job on `app`, the engine warm-up in each prefork child, and the
-    sweeper thread in the main worker process."""
+    """Register ocrq.process_job and ocrq.deliver_webhooks on `app`, the engine warm-up in each
+    prefork child, and the sweeper thread in the main worker process."""
 
     @app.task(  # type: ignore[untyped-decorator]
         name=TASK_PROCESS_JOB,
@@ -35,6 +36,8 @@ def register_tasks(app: Celery) -> None:
         if outcome.retry:
             raise self.retry(countdown=outcome.retry_in_s, max_retries=None)
         return outcome.status
+
+    register_webhook_tasks(app, worker_delivery_context)
 
     worker_process_init.connect(_warm_up_child, weak=False, dispatch_uid="ocrq.warm_up")
     worker_ready.connect(_start_sweeper, weak=False, dispatch_uid="ocrq.sweeper")
