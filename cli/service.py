@@ -29,13 +29,18 @@ def api(host: str, port: int) -> None:
         from api.embedded import EmbeddedWorker
         from core.celery_app import set_embedded_runner
         from core.db import upgrade_database
+        from core.outbox import set_embedded_deliverer
         from worker.runner import build_context, run_job_inline
+        from worker.webhooks import DeliveryContext, deliver_due
 
         # The embedded database is this process's own, so it is brought up to date here.
         upgrade_database(settings.resolved_database_url)
         context = build_context(settings)
         embedded = EmbeddedWorker(lambda job_id: run_job_inline(job_id, context))
         set_embedded_runner(embedded.submit)
+        # TODO: embedded mode has no sweeper, so a webhook retry waits for the next event's
+        # delivery run or the next start of the API.
+        set_embedded_deliverer(lambda: deliver_due(DeliveryContext(settings, context.database)))
         embedded.start()
         embedded.resume_unfinished(job_service.database)
 
@@ -44,12 +49,17 @@ def api(host: str, port: int) -> None:
     finally:
         if embedded is not None:
             set_embedded_runner(None)
+            set_embedded_deliverer(None)
             embedded.stop()
 
 
 @click.command()
 @click.option(
-    "--queues", "-Q", default="ocr", show_default=True, help="Comma-separated queues to consume."
+    "--queues",
+    "-Q",
+    default="ocr,ocrq.webhooks",
+    show_default=True,
+    help="Comma-separated queues to consume; ocrq.webhooks carries webhook deliveries.",
 )
 @click.option(
     "--pool",
