@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from core import webhooks
 from core.celery_app import get_celery_app
+from core.db import Database
 from core.logging import get_logger
 from core.settings import Settings, get_settings
 from core.states import JobStatus
@@ -218,6 +219,21 @@ def due_deliveries_exist(session: Session, now: datetime | None = None) -> bool:
     return session.scalar(statement) is not None
 
 
+def wake_if_due(settings: Settings, database: Database) -> bool:
+    """Wake the delivery worker when some delivery is due; return whether one is.
+
+    The sweeper calls this every round. It finds retries that came due, rows whose wake-up was
+    lost (the process died between the commit and request_delivery) and claims that expired
+    because their worker died mid-send.
+    """
+    with database.session() as session:
+        due = due_deliveries_exist(session)
+    if due:
+        request_delivery(settings)
+    return due
+
+
+# Marks a session whose commit already wakes the delivery worker.
 _WAKE_KEY = "ocrq.outbox.wake"
 # Publishing gives up after about 2 s, as job enqueues do (core.celery_app).
 _SEND_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
