@@ -225,8 +225,9 @@ def load_model(
 ) -> nn.Module:
     """Build DeepseekOcrForCausalLM from a checkpoint folder; bf16 on CUDA, fp32 elsewhere.
 
-    NOTE: tested on CPU with tiny checkpoints only. The CUDA path and the peak memory of
-    loading the real 6.7 GB checkpoint have not been measured.
+    On a 2-core CPU, a full-size bf16 checkpoint (random weights, 6,672,212,480 bytes) loaded
+    as fp32 in 54 s with a peak resident set of 14.9 GiB.
+    NOTE: the CUDA path has not been run.
     """
     from models.deepseek_ocr.model import DeepseekOcrForCausalLM
 
