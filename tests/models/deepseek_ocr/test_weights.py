@@ -25,6 +25,7 @@ from models.deepseek_ocr.weights import (
     load_model,
     read_checkpoint_config,
     save_checkpoint,
+    skip_weight_init,
 )
 
 FULL_PARAMETERS = 3_336_106_240
@@ -281,3 +282,22 @@ def test_official_config_fields_give_full_config() -> None:
         encoder.pop("mlp_dim")
         encoder.pop("neck_channels", None)
     assert config_from_checkpoint_json(raw) == OcrConfig()
+
+
+@pytest.mark.slow
+def test_full_size_checkpoint_round_trip(tmp_path: Path) -> None:
+    """Write and strictly reload a full-size bf16 checkpoint (about 1 min, 11 GiB of RAM)."""
+    with skip_weight_init():
+        model = DeepseekOcrForCausalLM(OcrConfig()).to(torch.bfloat16)
+    fill_random_weights(model)
+    save_checkpoint(model, tmp_path, OcrConfig(), max_shard_bytes=4 * 2**30)
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert index["metadata"]["total_size"] == 2 * FULL_PARAMETERS
+    assert len(index["weight_map"]) == FULL_TENSORS
+
+    name = "model.layers.7.mlp.experts.gate_up_proj"
+    expected = model.state_dict()[name].clone()
+    del model  # keep one full model in memory at a time
+
+    loaded = load_model(tmp_path, device="cpu", dtype=torch.bfloat16)
+    assert torch.equal(loaded.state_dict()[name], expected)
