@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
+_HASH_CHUNK_BYTES = 1024 * 1024
 
 
 def request_fingerprint(
@@ -54,3 +56,12 @@ def validate_idempotency_key(key: str) -> str:
         )
         raise InputError(message, code="invalid_idempotency_key")
     return key
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
