@@ -23,6 +23,12 @@ from core.celery_app import MESSAGE_PRIORITIES, enqueue_job
 from core.db import Database
 from core.documents import Limits, inspect_document
 from core.errors import ConflictError, InputError, NotFoundError, OcrError
+from core.idempotency_store import (
+    IdempotentRequest,
+    create_or_replay,
+    purge_expired,
+    record_key,
+)
 from core.logging import get_logger
 from core.outbox import record_job_finished
 from core.settings import Settings
@@ -173,7 +179,7 @@ class JobService:
         target: str | None = None,
         webhook_url: str | None = None,
         metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        idempotency: IdempotentRequest | None = None,
         password: str | None = None,
         tenant_id: str | None = None,
         batch_id: str | None = None,
@@ -182,8 +188,10 @@ class JobService:
         """Inspect, store, commit and enqueue a job for the document at `path`.
 
         Raises InputError for a document or option the service cannot accept; nothing is
-        stored then. A job with the same idempotency_key is returned instead of a new one.
-        An enqueue failure is logged, not raised: the job stays queued for sweep().
+        stored then. With `idempotency`, the key's record is inserted in the job row's
+        transaction, and IdempotencyKeyTaken (nothing kept) means another request with the key
+        won; create_or_replay_job() handles that. An enqueue failure is logged, not raised: the
+        job stays queued for sweep().
 
         NOTE: `password` is used to inspect the document and is never stored, so only an
         in-process runner that is handed the password (as `ocrq run` does) can read an
@@ -194,10 +202,6 @@ class JobService:
         if priority not in MESSAGE_PRIORITIES:
             message = f"Expected priority high, normal or low, got {priority!r}."
             raise InputError(message, code="invalid_priority", http_status=422)
-        if idempotency_key:
-            existing = self.find_by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return existing
 
         info = inspect_document(path, Limits.from_settings(self.settings), password)
 
@@ -221,7 +225,7 @@ class JobService:
             attempt=0,
             metadata_=metadata,
             webhook_url=webhook_url,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency.key if idempotency else None,
             tenant_id=tenant_id,
             batch_id=batch_id,
             priority=priority,
@@ -229,6 +233,8 @@ class JobService:
         try:
             with self.database.session() as session:
                 session.add(job)
+                if idempotency is not None:
+                    record_key(session, idempotency, job_id)
         except Exception:
             # No row will ever point at the stored input, so it goes too.
             self.storage.delete_prefix(job_prefixes(job_id)[0])
@@ -246,6 +252,23 @@ class JobService:
 
         self.enqueue(job_id)
         return self.get_job(job_id)
+
+    def create_or_replay_job(
+        self, path: Path, *, idempotency: IdempotentRequest, tenant_id: str | None, **options: Any
+    ) -> tuple[Job, bool]:
+        """Create a job once per Idempotency-Key; return (job, True), or (original, False).
+
+        A replay with a different request raises ConflictError (409 idempotency_key_reused).
+        The original job is read within the tenant, so a replay of a deleted job is a 404.
+        """
+        return create_or_replay(
+            self.database,
+            idempotency,
+            create=lambda: self.create_job(
+                path, idempotency=idempotency, tenant_id=tenant_id, **options
+            ),
+            load=lambda job_id: self.get_job(job_id, tenant_id=tenant_id),
+        )
 
     def create_job_from_bytes(self, data: bytes, **options: Any) -> Job:
         """Create a job from an in-memory document (see create_job for the options)."""
@@ -271,41 +294,40 @@ class JobService:
         log.info("job.enqueued", job_id=job_id)
         return True
 
-    def find_by_idempotency_key(self, idempotency_key: str) -> Job | None:
+    # Every read, cancel and delete below takes `tenant_id`. A string restricts it to that
+    # tenant's jobs, and another tenant's job is reported exactly like an unknown id. None means
+    # no restriction: the worker, `ocrq run` and the API with OCRQ_AUTH_REQUIRED=false.
+
+    def get_job(self, job_id: str, *, tenant_id: str | None = None) -> Job:
+        """Return the job row; raise NotFoundError for an unknown id or another tenant's job."""
         with self.database.session() as session:
-            statement = select(Job).where(Job.idempotency_key == idempotency_key).limit(1)
-            return session.scalars(statement).first()
+            return _load_job(session, job_id, tenant_id=tenant_id)
 
-    def get_job(self, job_id: str) -> Job:
-        """Return the job row; raise NotFoundError for an unknown id."""
-        with self.database.session() as session:
-            return _load_job(session, job_id)
+    def get_job_dict(self, job_id: str, *, tenant_id: str | None = None) -> dict[str, Any]:
+        return job_to_dict(self.get_job(job_id, tenant_id=tenant_id))
 
-    def get_job_dict(self, job_id: str) -> dict[str, Any]:
-        return job_to_dict(self.get_job(job_id))
-
-    def get_result(self, job_id: str) -> dict[str, Any]:
+    def get_result(self, job_id: str, *, tenant_id: str | None = None) -> dict[str, Any]:
         """Return the result document built from the page rows written so far."""
         with self.database.session() as session:
-            job = _load_job(session, job_id)
+            job = _load_job(session, job_id, tenant_id=tenant_id)
             return build_result(job.id, list(job.pages))
 
-    def get_result_markdown(self, job_id: str) -> str:
-        return str(self.get_result(job_id)["markdown"])
+    def get_result_markdown(self, job_id: str, *, tenant_id: str | None = None) -> str:
+        return str(self.get_result(job_id, tenant_id=tenant_id)["markdown"])
 
-    def list_figures(self, job_id: str) -> list[str]:
+    def list_figures(self, job_id: str, *, tenant_id: str | None = None) -> list[str]:
         """Return the figure names (`{page}_{k}.jpg`) stored for the job, in page order."""
         with self.database.session() as session:
-            job = _load_job(session, job_id)
+            job = _load_job(session, job_id, tenant_id=tenant_id)
             return [name for page in job.pages for name in (page.result or {}).get("figures", [])]
 
-    def cancel_job(self, job_id: str) -> Job:
+    def cancel_job(self, job_id: str, *, tenant_id: str | None = None) -> Job:
         """Cancel a queued or running job; a running attempt stops before its next page.
 
         Raises ConflictError when the job has already finished.
         """
         with self.database.session() as session:
-            job = _load_job(session, job_id, for_update=True)
+            job = _load_job(session, job_id, for_update=True, tenant_id=tenant_id)
             if JobStatus(job.status).is_final:
                 message = (
                     f"Job {job_id} is already {job.status}; only queued or running jobs cancel."
@@ -319,12 +341,12 @@ class JobService:
         log.info("job.canceled", job_id=job_id, previous_status=previous)
         return self.get_job(job_id)
 
-    def delete_job(self, job_id: str) -> None:
+    def delete_job(self, job_id: str, *, tenant_id: str | None = None) -> None:
         """Delete a finished job's stored objects, then its rows.
 
         Raises ConflictError while the job is queued or running (cancel it first).
         """
-        job = self.get_job(job_id)
+        job = self.get_job(job_id, tenant_id=tenant_id)
         if not JobStatus(job.status).is_final:
             message = f"Job {job_id} is still {job.status}; cancel it before deleting its data."
             raise ConflictError(message, code="job_not_finished")
@@ -336,24 +358,25 @@ class JobService:
                 session.delete(row)
         log.info("job.deleted", job_id=job_id, objects=deleted)
 
-    def cancel_or_delete(self, job_id: str) -> Job | None:
+    def cancel_or_delete(self, job_id: str, *, tenant_id: str | None = None) -> Job | None:
         """Cancel a queued or running job and return it; delete a finished one and return None."""
-        job = self.get_job(job_id)
+        job = self.get_job(job_id, tenant_id=tenant_id)
         if JobStatus(job.status).is_final:
-            self.delete_job(job_id)
+            self.delete_job(job_id, tenant_id=tenant_id)
             return None
         try:
-            return self.cancel_job(job_id)
+            return self.cancel_job(job_id, tenant_id=tenant_id)
         except ConflictError:
             # It finished between the two reads; its data goes as for any finished job.
-            self.delete_job(job_id)
+            self.delete_job(job_id, tenant_id=tenant_id)
             return None
 
     def sweep(self, grace_s: int = SWEEP_GRACE_S) -> list[str]:
         """Re-enqueue jobs whose enqueue never happened and running jobs whose worker is gone.
 
         A running job counts as abandoned when its heartbeat is older than LEASE_TTL_S. The
-        pipeline's lease lets the new attempt take it over. Returns the job ids sent.
+        pipeline's lease lets the new attempt take it over. Expired idempotency records are
+        purged too. Returns the job ids sent.
         """
         now = utcnow()
         never_enqueued = (
@@ -373,12 +396,16 @@ class JobService:
         sent = [job_id for job_id in job_ids if self.enqueue(job_id)]
         if job_ids:
             log.info("sweep.finished", found=len(job_ids), enqueued=len(sent))
+        purge_expired(self.database)
         return sent
 
 
-def _load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:
+def _load_job(
+    session: Session, job_id: str, *, for_update: bool = False, tenant_id: str | None = None
+) -> Job:
     job = session.get(Job, job_id, with_for_update=for_update)
-    if job is None:
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+        # Another tenant's job gets the same error as an unknown id, so ids leak nothing.
         raise NotFoundError(f"Job {job_id} was not found.", code="job_not_found")
     # Page rows are needed after the session closes (expire_on_commit is off).
     _ = list(job.pages)

@@ -12,11 +12,13 @@ from sqlalchemy.exc import OperationalError
 
 from core.celery_app import set_embedded_runner
 from core.errors import ConflictError, InputError, NotFoundError
+from core.idempotency_store import IdempotentRequest
 from core.jobs import JOB_MODES, JOB_TASKS, PAGE_SEPARATOR, job_to_dict
 from core.settings import Settings
 from core.states import JobStatus
 from core.storage import input_key, result_json_key
 from core.tables import Job, utcnow
+from core.tenants import get_or_create_tenant
 from models.engine import MODES, TASKS
 from tests.worker.fakes import FakeEngine, Harness, make_harness
 from worker.pipeline import process_job
@@ -143,14 +145,39 @@ def test_create_job_rejects_invalid_options(
     assert caught.value.code == code
 
 
-def test_create_job_returns_existing_job_for_idempotency_key(
+def test_create_or_replay_job_returns_original_for_same_key(
     harness: Harness, corpus_dir: Path
 ) -> None:
-    first = harness.service.create_job(corpus_dir / "phototest.tif", idempotency_key="k-1")
-    second = harness.service.create_job(corpus_dir / "phototest.tif", idempotency_key="k-1")
+    request = IdempotentRequest.build(None, "k-1", "fingerprint-1", "job", ttl_s=60)
+    path = corpus_dir / "phototest.tif"
 
+    first, first_created = harness.service.create_or_replay_job(
+        path, idempotency=request, tenant_id=None
+    )
+    second, second_created = harness.service.create_or_replay_job(
+        path, idempotency=request, tenant_id=None
+    )
+
+    assert (first_created, second_created) == (True, False)
     assert second.id == first.id
+    assert first.idempotency_key == "k-1"
     assert harness.enqueued == [first.id]
+
+
+def test_get_job_hides_other_tenants_job(harness: Harness, corpus_dir: Path) -> None:
+    """A job of tenant A read as tenant B raises the same error as an unknown id."""
+    tenant_a, _ = get_or_create_tenant(harness.database, "tenant-a")
+    job = harness.service.create_job(corpus_dir / "phototest.tif", tenant_id=tenant_a.id)
+
+    with pytest.raises(NotFoundError) as other_tenant:
+        harness.service.get_job(job.id, tenant_id="another-tenant-id")
+    unknown_id = "00000000-0000-4000-8000-000000000000"
+    with pytest.raises(NotFoundError) as unknown:
+        harness.service.get_job(unknown_id, tenant_id="another-tenant-id")
+
+    assert harness.service.get_job(job.id, tenant_id=tenant_a.id).id == job.id
+    assert other_tenant.value.code == unknown.value.code
+    assert other_tenant.value.message == unknown.value.message.replace(unknown_id, job.id)
 
 
 def test_job_modes_and_tasks_match_engine_protocol() -> None:
