@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
@@ -11,10 +12,13 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, CallerDep
 from api.deps import JobServiceDep
 from api.schemas import ErrorBody, JobPublic, JobResult
 from api.upload import MAX_FIELD_BYTES, read_upload
 from core.errors import ConflictError, InputError, NotFoundError
+from core.idempotency import file_sha256, request_fingerprint
+from core.idempotency_store import IdempotentRequest
 from core.jobs import DEFAULT_MODE, DEFAULT_TASK, JOB_MODES, JOB_TASKS, JobService, job_to_dict
 from core.logging import get_logger
 from core.states import JobStatus
@@ -34,7 +38,9 @@ _JSON_TYPE_NAMES = {
 }
 
 log = get_logger(__name__)
-router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
+router = APIRouter(
+    prefix=API_PREFIX, tags=["jobs"], dependencies=AUTH_DEPENDENCIES, responses=AUTH_RESPONSES
+)
 
 _JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no job has this id"},
@@ -74,6 +80,10 @@ _UPLOAD_SCHEMA = {
     responses={
         200: {"model": JobPublic, "description": "an earlier job with this Idempotency-Key"},
         400: {"model": ErrorBody, "description": "malformed multipart body"},
+        409: {
+            "model": ErrorBody,
+            "description": "idempotency_key_reused: the key was used for a different request",
+        },
         413: {"model": ErrorBody, "description": "file over OCRQ_MAX_FILE_BYTES"},
         415: {"model": ErrorBody, "description": "not a supported document type"},
         422: {"model": ErrorBody, "description": "unreadable document, over a limit, bad option"},
@@ -82,44 +92,59 @@ _UPLOAD_SCHEMA = {
 async def create_job(
     request: Request,
     service: JobServiceDep,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
     """Accept a document (multipart field `file`) and queue a job for it.
 
     The document is checked (size, type by content, page count and size, PDF password) before
-    anything is stored or queued.
+    anything is stored or queued. A repeated Idempotency-Key with the same file and options
+    returns the original job with 200; with anything different it is rejected with 409.
     """
-    if idempotency_key:
-        earlier = await run_in_threadpool(service.find_by_idempotency_key, idempotency_key)
-        if earlier is not None:
-            return _job_response(job_to_dict(earlier), status_code=200)
-
     upload = await read_upload(
         request, max_file_bytes=service.settings.max_file_bytes, temp_dir=None
     )
     try:
         options = parse_job_options(upload.fields)
-        assert upload.path is not None
-        job = await run_in_threadpool(
-            lambda: service.create_job(
-                upload.path,  # type: ignore[arg-type]
+        path = upload.path
+        assert path is not None
+        if not idempotency_key:
+            job = await run_in_threadpool(
+                lambda: service.create_job(
+                    path, filename=upload.filename, tenant_id=caller.tenant_id, **options
+                )
+            )
+            return _job_response(job_to_dict(job), status_code=202)
+
+        fingerprint = await run_in_threadpool(job_fingerprint, request.url.path, options, path)
+        idempotency = IdempotentRequest.build(
+            caller.tenant_id,
+            idempotency_key,
+            fingerprint,
+            "job",
+            service.settings.idempotency_ttl_s,
+        )
+        job, created = await run_in_threadpool(
+            lambda: service.create_or_replay_job(
+                path,
+                idempotency=idempotency,
+                tenant_id=caller.tenant_id,
                 filename=upload.filename,
-                idempotency_key=idempotency_key,
                 **options,
             )
         )
+        return _job_response(job_to_dict(job), status_code=202 if created else 200)
     except InputError as exc:
         log.info("job.rejected", code=exc.code, bytes=upload.size_bytes)
         raise
     finally:
         upload.discard()
-    return _job_response(job_to_dict(job), status_code=202)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=_JOB_RESPONSES)
-def read_job(job_id: str, service: JobServiceDep) -> dict[str, Any]:
+def read_job(job_id: str, service: JobServiceDep, caller: CallerDep) -> dict[str, Any]:
     """Return the job's status, page counts and error."""
-    return service.get_job_dict(parse_job_id(job_id))
+    return service.get_job_dict(parse_job_id(job_id), tenant_id=caller.tenant_id)
 
 
 @router.get(
@@ -130,11 +155,11 @@ def read_job(job_id: str, service: JobServiceDep) -> dict[str, Any]:
         409: {"model": ErrorBody, "description": "the job is still queued or running"},
     },
 )
-def read_result(job_id: str, service: JobServiceDep) -> dict[str, Any]:
+def read_result(job_id: str, service: JobServiceDep, caller: CallerDep) -> dict[str, Any]:
     """Return a finished job's markdown and per-page results (blocks, timings)."""
     job_id = parse_job_id(job_id)
-    _require_finished(service, job_id)
-    return service.get_result(job_id)
+    _require_finished(service, job_id, caller.tenant_id)
+    return service.get_result(job_id, tenant_id=caller.tenant_id)
 
 
 @router.get(
@@ -146,11 +171,13 @@ def read_result(job_id: str, service: JobServiceDep) -> dict[str, Any]:
         409: {"model": ErrorBody, "description": "the job is still queued or running"},
     },
 )
-def read_result_markdown(job_id: str, service: JobServiceDep) -> PlainTextResponse:
+def read_result_markdown(
+    job_id: str, service: JobServiceDep, caller: CallerDep
+) -> PlainTextResponse:
     """Return a finished job's document markdown, pages joined by the page separator."""
     job_id = parse_job_id(job_id)
-    _require_finished(service, job_id)
-    markdown = service.get_result_markdown(job_id)
+    _require_finished(service, job_id, caller.tenant_id)
+    markdown = service.get_result_markdown(job_id, tenant_id=caller.tenant_id)
     return PlainTextResponse(markdown, media_type="text/markdown; charset=utf-8")
 
 
@@ -164,11 +191,11 @@ def read_result_markdown(job_id: str, service: JobServiceDep) -> PlainTextRespon
         **_JOB_RESPONSES,
     },
 )
-def delete_job(job_id: str, service: JobServiceDep) -> Response:
+def delete_job(job_id: str, service: JobServiceDep, caller: CallerDep) -> Response:
     """Cancel a queued or running job, or delete a finished job and its stored data."""
     job_id = parse_job_id(job_id)
-    previous = service.get_job(job_id).status
-    job = service.cancel_or_delete(job_id)
+    previous = service.get_job(job_id, tenant_id=caller.tenant_id).status
+    job = service.cancel_or_delete(job_id, tenant_id=caller.tenant_id)
     if job is None:
         return Response(status_code=204)
     status_code = 202 if previous == JobStatus.RUNNING else 200
@@ -234,8 +261,18 @@ def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
     return options
 
 
-def _require_finished(service: JobService, job_id: str) -> None:
-    status = JobStatus(service.get_job(job_id).status)
+def job_fingerprint(path: str, options: dict[str, Any], document: Path) -> str:
+    """Return the idempotency fingerprint of a POST /v1/jobs: its options and file digest.
+
+    The PDF password is left out: it only unlocks the same file, and a hash of it should not
+    be stored.
+    """
+    fields = {name: value for name, value in options.items() if name != "password"}
+    return request_fingerprint("POST", path, fields, file_sha256(document))
+
+
+def _require_finished(service: JobService, job_id: str, tenant_id: str | None) -> None:
+    status = JobStatus(service.get_job(job_id, tenant_id=tenant_id).status)
     if not status.is_final:
         message = (
             f"Job {job_id} is still {status.value}; its result is ready once the status is "
