@@ -136,7 +136,7 @@ def test_validation_error_returns_error_body(make_client: Callable[..., TestClie
 class FailingJobService(JobService):
     """A job service whose reads fail with an unexpected exception."""
 
-    def get_job(self, job_id: str) -> object:  # type: ignore[override]
+    def get_job(self, job_id: str, **_scope: object) -> object:  # type: ignore[override]
         raise RuntimeError("secret connection string postgres://user:pw@db")
 
 
@@ -144,7 +144,7 @@ class FailingJobService(JobService):
 def test_internal_error_hides_exception_text(
     api_settings: Callable[..., Settings], debug: bool
 ) -> None:
-    settings = api_settings(debug=debug)
+    settings = api_settings(debug=debug, auth_required=False)
     app = create_app(settings, job_service=FailingJobService.open(settings))
     client = TestClient(app, raise_server_exceptions=False)
 
