@@ -50,7 +50,9 @@ _PARAGRAPH_GAP_HEIGHTS = 0.3
 # new paragraph.
 _INDENT_HEIGHTS = 0.5
 _SHORT_LINE_HEIGHTS = 1.5
-_BULLETS = frozenset("•·●▪■◦‣∙○◆►-–*")
+# A row starting with a bullet glyph, or with a dash or asterisk and a space, is a list item.
+_BULLET_GLYPHS = "•·●▪■◦‣∙○◆►"
+_BULLET_MARKS = "-–*"
 
 BlockKind = Literal["heading", "paragraph", "list_item"]
 
@@ -349,9 +351,7 @@ def _row_kind(row: list[TextLine], thresholds: _Thresholds) -> BlockKind:
     if max(line.height for line in row) >= thresholds.heading_height:
         return "heading"
     first = row[0].text.lstrip()
-    if len(first) > 1 and first[0] in _BULLETS and first[1] == " ":
-        return "list_item"
-    if first[:1] in "•·●▪■◦‣∙○◆►":
+    if first[0] in _BULLET_GLYPHS or first[:2] in {f"{mark} " for mark in _BULLET_MARKS}:
         return "list_item"
     return "paragraph"
 
@@ -390,7 +390,7 @@ def _make_block(rows: list[list[TextLine]], kind: BlockKind, thresholds: _Thresh
     text = join_line_texts(texts)
     level = 0
     if kind == "list_item":
-        text = text.lstrip("".join(_BULLETS)).lstrip()
+        text = text.lstrip(_BULLET_GLYPHS + _BULLET_MARKS).lstrip()
     if kind == "heading":
         tallest = max(line.height for line in lines)
         level = 1 if tallest >= thresholds.top_heading_height else 2

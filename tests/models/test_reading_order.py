@@ -205,3 +205,14 @@ def test_sparse_labels_read_row_by_row() -> None:
     text = texts_in_order(order_lines(lines))
 
     assert text == "top left 3 right bottom"
+
+
+def test_dash_needs_space_to_mark_item() -> None:
+    lines = [
+        make_line(100, 0, 900, "- dash item"),
+        make_line(100, 100, 900, "-5 degrees outside"),
+    ]
+
+    kinds = [block.kind for block in order_lines(lines)]
+
+    assert kinds == ["list_item", "paragraph"]
