@@ -157,15 +157,12 @@ def maybe_complete_batch(
     if batch is None or batch.status != BATCH_RUNNING:
         return False
 
-    final_states = [status.value for status in JobStatus if status.is_final]
     counts = session.execute(
-        select(Job.status.in_(final_states), func.count())
-        .where(Job.batch_id == batch_id)
-        .group_by(Job.status.in_(final_states))
+        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
     )
     ended = unfinished = 0
-    for is_final, count in counts:
-        if is_final:
+    for status, count in counts:
+        if JobStatus(status).is_final:
             ended += int(count)
         else:
             unfinished += int(count)
@@ -313,10 +310,11 @@ def _wake_after_commit(session: Session, settings: Settings) -> None:
     session.info[_WAKE_KEY] = True
 
     def wake(committed: Session) -> None:
-        committed.info.pop(_WAKE_KEY, None)
-        request_delivery(settings)
+        if committed.info.pop(_WAKE_KEY, None):
+            request_delivery(settings)
 
-    def forget(rolled_back: Session) -> None:
+    def forget(rolled_back: Session, _transaction: object) -> None:
+        # The rows are gone with the rollback, so the commit listener must not fire later.
         rolled_back.info.pop(_WAKE_KEY, None)
 
     event.listen(session, "after_commit", wake, once=True)
