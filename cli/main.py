@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from cli import bench, client_cmds, model, run, service
+from cli import bench, client_cmds, keys, model, run, service
 from core.errors import OcrError
 
 
@@ -29,6 +29,7 @@ cli.add_command(client_cmds.status)
 cli.add_command(client_cmds.result)
 cli.add_command(model.model)
 cli.add_command(bench.bench)
+cli.add_command(keys.keys)
 
 
 def main() -> None:
