@@ -12,9 +12,10 @@ reads the page and groups them into blocks:
    (a full-width heading or paragraph) ends the section, so spanning titles are read where they
    stand. A column split that would leave a column of one line yields to a split into bands, so
    sparse labels are read row by row.
-3. In each leaf, lines are grouped into rows and rows into paragraphs at vertical gaps, first-line
-   indents after a short line, and bullets. Rows much taller than the page's median line become
-   headings: level 1 from twice the body height, level 2 below that.
+3. In each leaf, lines are grouped into rows and rows into paragraphs at vertical gaps, at bullets,
+   and after a short row when the next row is indented or the short row ends a sentence. Rows
+   much taller than the page's median line become headings: level 1 from twice the body height,
+   level 2 below that.
 4. Lines of a paragraph are joined with spaces. A word hyphenated at a line end is joined when the
    hyphen follows a letter and the next line starts with a lower-case letter.
 
@@ -50,6 +51,8 @@ _PARAGRAPH_GAP_HEIGHTS = 0.3
 # new paragraph.
 _INDENT_HEIGHTS = 0.5
 _SHORT_LINE_HEIGHTS = 1.5
+# A short row ending in one of these, followed by a row starting with a capital, ends a paragraph.
+_SENTENCE_ENDS = (".", "!", "?", ":", '"', "”", ")")
 # A row starting with a bullet glyph, or with a dash or asterisk and a space, is a list item.
 _BULLET_GLYPHS = "•·●▪■◦‣∙○◆►"
 _BULLET_MARKS = "-–*"
@@ -377,11 +380,16 @@ def _starts_block(
         return False
 
     # A list item runs on over its indented continuation rows.
-    indent = row[0].box[0] - left
+    if current_kind == "list_item":
+        return False
     previous_end = max(line.box[2] for line in previous)
-    short_before = right - previous_end > thresholds.scaled(_SHORT_LINE_HEIGHTS)
-    indented = indent > thresholds.scaled(_INDENT_HEIGHTS)
-    return current_kind != "list_item" and short_before and indented
+    if right - previous_end <= thresholds.scaled(_SHORT_LINE_HEIGHTS):
+        return False
+
+    # After a short row, an indent or a finished sentence followed by a capital opens a paragraph.
+    indented = row[0].box[0] - left > thresholds.scaled(_INDENT_HEIGHTS)
+    sentence_ended = previous[-1].text.rstrip().endswith(_SENTENCE_ENDS)
+    return indented or (sentence_ended and row[0].text.lstrip()[:1].isupper())
 
 
 def _make_block(rows: list[list[TextLine]], kind: BlockKind, thresholds: _Thresholds) -> TextBlock:

@@ -216,3 +216,19 @@ def test_dash_needs_space_to_mark_item() -> None:
     kinds = [block.kind for block in order_lines(lines)]
 
     assert kinds == ["list_item", "paragraph"]
+
+
+def test_short_sentence_end_starts_paragraph() -> None:
+    lines = [
+        make_line(100, 0, 900, "a full line of text that"),
+        make_line(100, 48, 400, "ends here."),
+        make_line(100, 96, 900, "Next paragraph starts"),
+        make_line(100, 144, 500, "and ends here."),
+    ]
+
+    blocks = order_lines(lines)
+
+    assert [block.text for block in blocks] == [
+        "a full line of text that ends here.",
+        "Next paragraph starts and ends here.",
+    ]
