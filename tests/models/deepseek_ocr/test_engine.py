@@ -14,7 +14,8 @@ from models.deepseek_ocr.generate import GenerationConfig
 from models.deepseek_ocr.model import DeepseekOcrForCausalLM
 from models.deepseek_ocr.preprocess import count_image_tokens
 from models.deepseek_ocr.prompts import OcrTokenizer, load_tokenizer, save_test_tokenizer
-from models.deepseek_ocr.weights import fill_random_weights, save_checkpoint, save_random_checkpoint
+from models.deepseek_ocr.random_weights import fill_random_weights, save_random_checkpoint
+from models.deepseek_ocr.weights import save_checkpoint
 from models.engine import PageInput, PageOptions, PageResult
 from models.registry import load_engine
 

@@ -9,7 +9,7 @@ from PIL import Image
 from models.deepseek_ocr.config import OcrConfig
 from models.deepseek_ocr.model import DeepseekOcrForCausalLM
 from models.deepseek_ocr.preprocess import PreparedPage, prepare_page
-from models.deepseek_ocr.weights import fill_random_weights
+from models.deepseek_ocr.random_weights import fill_random_weights
 
 IMAGE_TOKEN_ID = OcrConfig().image_token_id
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from models.deepseek_ocr.config import OcrConfig
 from models.deepseek_ocr.model import DeepseekOcrForCausalLM
 from models.deepseek_ocr.preprocess import prepare_page
+from models.deepseek_ocr.random_weights import fill_random_weights, skip_weight_init
 from models.deepseek_ocr.weights import (
     INDEX_FILE,
     SINGLE_FILE,
@@ -21,11 +22,9 @@ from models.deepseek_ocr.weights import (
     checkpoint_config_json,
     config_from_checkpoint_json,
     describe_checkpoint,
-    fill_random_weights,
     load_model,
     read_checkpoint_config,
     save_checkpoint,
-    skip_weight_init,
 )
 
 FULL_PARAMETERS = 3_336_106_240
