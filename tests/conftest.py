@@ -24,6 +24,7 @@ POSTGRES_PORT = 5432
 POSTGRES_USERS = ("postgres", "root")
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
+REDIS_CLAIM_TTL_S = 3600
 S3_BUCKET = "ocrq-test"
 CORPUS_DIR = Path(
     os.environ.get("OCRQ_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -124,21 +125,40 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 def redis_url() -> Iterator[str]:
     """URL of a Redis database number reserved for this session, flushed before and after.
 
-    The number is drawn from 1-15 so that two test runs on one machine rarely share one.
+    Test runs on one machine claim numbers 1-15 through keys in database 0, so two concurrent
+    runs never share one (a crashed run's claim expires after REDIS_CLAIM_TTL_S).
     """
     import redis
 
-    db = random.randint(1, 15)
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=3)
+    registry = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=3)
     try:
-        client.ping()
+        registry.ping()
     except redis.ConnectionError:
         service_unavailable(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}; {_START_REDIS}")
         raise AssertionError("unreachable") from None
+
+    owner = uuid.uuid4().hex
+    candidates = random.sample(range(1, 16), 15)
+    claim_key = "ocrq-test:db:{}"
+    db = next(
+        (
+            n
+            for n in candidates
+            if registry.set(claim_key.format(n), owner, nx=True, ex=REDIS_CLAIM_TTL_S)
+        ),
+        None,
+    )
+    if db is None:
+        pytest.fail("all Redis databases 1-15 are claimed by other test runs")
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=3)
     client.flushdb()
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
     client.flushdb()
     client.close()
+    if registry.get(claim_key.format(db)) == owner.encode():
+        registry.delete(claim_key.format(db))
+    registry.close()
 
 
 # --- S3 (moto) --------------------------------------------------------------------------------
