@@ -112,7 +112,10 @@ def process_job(
             return AttemptOutcome(status=status)
         except InputError as exc:
             # The document itself is unusable: no later attempt could do better.
-            finish_job(context, lease, JobStatus.FAILED, exc.code, exc.message)
+            try:
+                finish_job(context, lease, JobStatus.FAILED, exc.code, exc.message)
+            except LeaseLost:
+                return AttemptOutcome(status=current_status(context, job_id))
             log.info(
                 "job.finished",
                 status=JobStatus.FAILED,
