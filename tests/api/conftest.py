@@ -88,7 +88,7 @@ NEW_TENANT = "new-tenant"
 
 @pytest.fixture
 def make_api_key(api_database_url: str) -> Iterator[Callable[..., str]]:
-    """Factory of API keys in the route tests' database; each call without a name is a new tenant."""
+    """Factory of API keys in the route tests' database; a call without a name makes a tenant."""
     database = Database(api_database_url)
 
     def build(tenant: str | None = None) -> str:
