@@ -22,7 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.db import upgrade_database
+from client import OcrqClient
+from core.db import Database, upgrade_database
+from core.tenants import create_api_key
 from tests.conftest import REDIS_HOST, REDIS_PORT, S3_BUCKET, PostgresServer, free_port
 
 OCRQ = str(Path(sys.executable).with_name("ocrq"))
@@ -78,6 +80,8 @@ class Stack:
     s3_endpoint_url: str
     processes: list[ServiceProcess] = field(default_factory=list)
     api_url: str = ""
+    # A key of the tenant "e2e", sent by client().
+    api_key: str | None = None
 
     def start(self, name: str, *args: str) -> ServiceProcess:
         log_path = self.work_dir / f"{name}-{len(self.processes)}.log"
@@ -111,6 +115,10 @@ class Stack:
         message = f"ocrq api was not ready within {STARTUP_TIMEOUT_S} s:\n{service.output_tail()}"
         pytest.fail(message)
 
+    def client(self) -> OcrqClient:
+        """Return a client of the started API that authenticates with api_key."""
+        return OcrqClient(self.api_url, api_key=self.api_key)
+
     def start_worker(self) -> ServiceProcess:
         return self.start("worker", "worker", "--pool", "solo")
 
@@ -143,6 +151,9 @@ def stack(
     """A fresh database, Redis database and S3 prefix; processes started on it stop at the end."""
     database_url = postgres_server.create_database()
     upgrade_database(database_url)
+    database = Database(database_url)
+    api_key = create_api_key(database, "e2e").plaintext
+    database.dispose()
     storage_url = f"s3://{S3_BUCKET}/e2e-{uuid.uuid4().hex[:12]}"
 
     env = {
@@ -164,7 +175,7 @@ def stack(
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
     )
-    stack = Stack(env, tmp_path, database_url, storage_url, s3_endpoint_url)
+    stack = Stack(env, tmp_path, database_url, storage_url, s3_endpoint_url, api_key=api_key)
     yield stack
     stack.stop_all()
 

@@ -13,7 +13,6 @@ import boto3
 import pytest
 from sqlalchemy import select
 
-from client import OcrqClient
 from core.db import Database
 from core.jobs import as_utc
 from core.tables import Job, Page
@@ -42,11 +41,11 @@ CRASH_TASK_TIME_LIMIT_S = 4
 VISIBILITY_TIMEOUT_S = 3 * CRASH_TASK_TIME_LIMIT_S
 
 
-def submit_concurrently(api_url: str, paths: list[Path]) -> list[str]:
+def submit_concurrently(stack: Stack, paths: list[Path]) -> list[str]:
     """Submit every file at once, one client per thread; return the job ids in input order."""
 
     def submit(path: Path) -> str:
-        with OcrqClient(api_url) as client:
+        with stack.client() as client:
             return str(client.submit(path)["id"])
 
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
@@ -82,7 +81,7 @@ def check_finished_jobs(
     stack: Stack, paths: list[Path], job_ids: list[str], expected_markdown: list[str]
 ) -> None:
     """Each job succeeded, with one page row per page, result objects in S3 and the markdown."""
-    with OcrqClient(stack.api_url) as client:
+    with stack.client() as client:
         for path, job_id, expected in zip(paths, job_ids, expected_markdown, strict=True):
             job = client.wait(job_id, JOB_TIMEOUT_S, progress=False)
             assert job["status"] == "succeeded", (path.name, job)
@@ -106,7 +105,7 @@ def test_service_runs_jobs_through_broker(
     stack.start_api()
     stack.start_worker()
 
-    job_ids = submit_concurrently(stack.api_url, paths)
+    job_ids = submit_concurrently(stack, paths)
 
     check_finished_jobs(stack, paths, job_ids, run_locally(paths))
 
@@ -121,7 +120,7 @@ def test_service_runs_corpus_concurrently(
     stack.start_worker()
     stack.start_worker()
 
-    job_ids = submit_concurrently(stack.api_url, paths)
+    job_ids = submit_concurrently(stack, paths)
 
     check_finished_jobs(stack, paths, job_ids, run_locally(paths))
 
@@ -135,7 +134,7 @@ def test_worker_crash_resumes_job_without_duplicate_pages(stack: Stack, corpus_d
     stack.env["OCRQ_TASK_TIME_LIMIT_S"] = str(CRASH_TASK_TIME_LIMIT_S)
     stack.start_api()
     first_worker = stack.start_worker()
-    client = OcrqClient(stack.api_url)
+    client = stack.client()
     job_id = client.submit(corpus_dir / "multipage.pdf")["id"]
 
     deadline = time.monotonic() + JOB_TIMEOUT_S
