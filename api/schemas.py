@@ -79,3 +79,70 @@ class HealthStatus(BaseModel):
 
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookAttemptPublic(BaseModel):
+    """One HTTP attempt of a delivery: the receiver's status, or the error before one arrived."""
+
+    number: int = Field(description="1-based attempt number")
+    started_at: datetime
+    duration_ms: int | None = None
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookDeliveryPublic(BaseModel):
+    """One event sent to one target; `id` is the event id, the same on every retry."""
+
+    id: str = Field(description="the webhook-id header and the event's id")
+    event_type: str = Field(
+        description="job.succeeded, job.partial, job.failed, job.canceled or batch.completed"
+    )
+    url: str
+    endpoint_id: str | None = Field(description="the tenant endpoint, or null for a webhook_url")
+    job_id: str | None = None
+    batch_id: str | None = None
+    status: str = Field(description="pending, succeeded or failed")
+    attempts: int
+    next_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    created_at: datetime
+    delivered_at: datetime | None = None
+    attempt_log: list[WebhookAttemptPublic] = Field(default_factory=list)
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    """The deliveries of a job or batch, oldest first."""
+
+    data: list[WebhookDeliveryPublic]
+
+
+class WebhookEndpointCreate(BaseModel):
+    """A standing webhook target of the caller's tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2000, description="an http or https URL")
+
+
+class WebhookEndpointPublic(BaseModel):
+    """A tenant's webhook endpoint; a 410 from it disables it."""
+
+    id: str
+    url: str
+    created_at: datetime
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+
+
+class WebhookEndpointCreated(WebhookEndpointPublic):
+    """A new endpoint with its signing secret, returned only by the request that created it."""
+
+    secret: str = Field(description="whsec_...; verify deliveries with it")
+
+
+class WebhookEndpointsPublic(BaseModel):
+    """The tenant's webhook endpoints, oldest first."""
+
+    data: list[WebhookEndpointPublic]
