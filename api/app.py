@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import RequestMetrics
 from api.middleware import RequestContextMiddleware
-from api.routes import health, jobs
+from api.routes import health, jobs, webhooks
 from api.schemas import ErrorBody
 from core.jobs import JobService
 from core.settings import Settings, get_settings
@@ -50,4 +50,5 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=app.state.request_metrics)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(webhooks.router)
     return app

@@ -1,0 +1,126 @@
+"""Webhook routes under /v1: a job's or batch's deliveries, redelivery, and tenant endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, CallerDep
+from api.deps import JobServiceDep
+from api.routes.jobs import API_PREFIX, parse_job_id
+from api.schemas import (
+    ErrorBody,
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
+    WebhookEndpointCreate,
+    WebhookEndpointCreated,
+    WebhookEndpointsPublic,
+)
+from core import deliveries
+from core.errors import NotFoundError
+
+router = APIRouter(
+    prefix=API_PREFIX,
+    tags=["webhooks"],
+    dependencies=AUTH_DEPENDENCIES,
+    responses=AUTH_RESPONSES,
+)
+
+_JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no job has this id"},
+}
+
+
+@router.get(
+    "/jobs/{job_id}/deliveries", response_model=WebhookDeliveriesPublic, responses=_JOB_RESPONSES
+)
+def read_job_deliveries(job_id: str, caller: CallerDep, service: JobServiceDep) -> dict[str, Any]:
+    """Return the job's webhook deliveries with every attempt, oldest first."""
+    data = deliveries.list_job_deliveries(
+        service.database, parse_job_id(job_id), tenant_id=caller.tenant_id
+    )
+    return {"data": data}
+
+
+@router.get(
+    "/batches/{batch_id}/deliveries",
+    response_model=WebhookDeliveriesPublic,
+    responses={404: {"model": ErrorBody, "description": "no batch has this id"}},
+)
+def read_batch_deliveries(
+    batch_id: str, caller: CallerDep, service: JobServiceDep
+) -> dict[str, Any]:
+    """Return the batch's batch.completed deliveries with every attempt."""
+    data = deliveries.list_batch_deliveries(
+        service.database, _parse_batch_id(batch_id), tenant_id=caller.tenant_id
+    )
+    return {"data": data}
+
+
+@router.post(
+    "/jobs/{job_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=WebhookDeliveryPublic,
+    responses={
+        404: {"model": ErrorBody, "description": "no job or delivery has this id"},
+        409: {"model": ErrorBody, "description": "the delivery's endpoint is disabled"},
+    },
+)
+def redeliver(
+    job_id: str, delivery_id: str, caller: CallerDep, service: JobServiceDep
+) -> dict[str, Any]:
+    """Send a delivery again now, with the same event id and body."""
+    return deliveries.redeliver(
+        service.database,
+        service.settings,
+        parse_job_id(job_id),
+        delivery_id[:64],
+        tenant_id=caller.tenant_id,
+    )
+
+
+@router.post(
+    "/webhooks/endpoints",
+    status_code=201,
+    response_model=WebhookEndpointCreated,
+    responses={
+        403: {"model": ErrorBody, "description": "the request has no tenant (no API key)"},
+        409: {"model": ErrorBody, "description": "the tenant has too many endpoints"},
+        422: {"model": ErrorBody, "description": "the URL is invalid or not allowed"},
+    },
+)
+def create_endpoint(
+    body: WebhookEndpointCreate, caller: CallerDep, service: JobServiceDep
+) -> dict[str, Any]:
+    """Create a webhook endpoint for every event of the tenant; the secret is returned only here."""
+    return deliveries.create_endpoint(
+        service.database, service.settings, body.url, tenant_id=caller.tenant_id
+    )
+
+
+@router.get("/webhooks/endpoints", response_model=WebhookEndpointsPublic)
+def read_endpoints(caller: CallerDep, service: JobServiceDep) -> dict[str, Any]:
+    """Return the tenant's webhook endpoints without their secrets."""
+    return {"data": deliveries.list_endpoints(service.database, tenant_id=caller.tenant_id)}
+
+
+@router.delete(
+    "/webhooks/endpoints/{endpoint_id}",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"model": ErrorBody, "description": "no endpoint has this id"}},
+)
+def delete_endpoint(endpoint_id: str, caller: CallerDep, service: JobServiceDep) -> Response:
+    """Delete a webhook endpoint and its deliveries."""
+    deliveries.delete_endpoint(service.database, endpoint_id[:64], tenant_id=caller.tenant_id)
+    return Response(status_code=204)
+
+
+def _parse_batch_id(batch_id: str) -> str:
+    try:
+        return str(uuid.UUID(batch_id))
+    except ValueError:
+        message = f"Batch {batch_id[:64]!r} was not found; batch ids are UUIDs."
+        raise NotFoundError(message, code="batch_not_found") from None
