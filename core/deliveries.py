@@ -2,7 +2,7 @@
 
 Every function takes `tenant_id`. A string limits it to that tenant's rows, and another
 tenant's job, batch, delivery or endpoint raises the same NotFoundError as an unknown id. None
-(no-auth and embedded mode) sees every row, as the job service does.
+(no-auth and embedded mode) reads every row, as the job service does.
 """
 
 from __future__ import annotations
