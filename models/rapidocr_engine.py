@@ -31,6 +31,10 @@ DEFAULT_DETECT_MAX_SIDE_PX = 1600
 DEFAULT_MIN_SCORE = 0.5
 # A crop this much taller than wide is vertical text and is turned to read left to right.
 _VERTICAL_RATIO = 1.5
+# Pages whose long lines slope by at least this much are straightened before reading.
+_MIN_DESKEW_DEG = 0.5
+# Only lines this many times wider than tall vote on the page's skew.
+_SKEW_LINE_ASPECT = 3.0
 _SUPPORTED_TASKS = ("markdown", "ocr", "free", "locate")
 
 
@@ -69,11 +73,19 @@ class RapidOcrEngine:
 
         When most detected lines run vertically, the page lies on its side: it is read turned a
         quarter turn each way, and the reading with the larger confidence-weighted character
-        count wins. The image returned is the one the lines were read from, upright.
+        count wins. A page whose lines slope by half a degree or more is rotated straight and
+        detected again. The image returned is the one the lines were read from.
         """
         timings_ms = {"detect": 0, "recognise": 0}
         quads = self._detect_timed(image, timings_ms)
         if not _mostly_vertical(quads):
+            skew_deg = _median_skew_deg(quads)
+            if abs(skew_deg) >= _MIN_DESKEW_DEG:
+                # Straighten the page so that line boxes and column gutters line up again.
+                image = image.rotate(
+                    skew_deg, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255)
+                )
+                quads = self._detect_timed(image, timings_ms)
             return image, self._recognise_timed(image, quads, timings_ms), timings_ms
 
         best: tuple[float, Image.Image, list[TextLine]] | None = None
@@ -112,8 +124,8 @@ class RapidOcrEngine:
 
     def _read_page(self, page: PageInput, options: PageOptions) -> PageResult:
         image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
-        # NOTE: for a page read turned, width, height and boxes describe the turned (upright)
-        # page, and PageResult has no field that records the turn.
+        # NOTE: for a page read turned or straightened, width, height and boxes describe the page
+        # as read, and PageResult has no field that records the rotation.
         image, lines, timings_ms = self.read_lines(image)
 
         started = time.perf_counter()
@@ -160,6 +172,22 @@ def _mostly_vertical(quads: list[np.ndarray]) -> bool:
         if height >= _VERTICAL_RATIO * width:
             vertical += 1
     return vertical * 2 > len(quads)
+
+
+def _median_skew_deg(quads: list[np.ndarray]) -> float:
+    """Return the median slope of the long line quads in degrees, positive when lines fall right.
+
+    Returns 0.0 when fewer than three lines are long enough to vote.
+    """
+    angles = []
+    for top_left, top_right, _, bottom_left in quads:
+        dx, dy = top_right - top_left
+        height = float(np.linalg.norm(bottom_left - top_left))
+        if float(np.hypot(dx, dy)) >= _SKEW_LINE_ASPECT * max(height, 1.0):
+            angles.append(float(np.degrees(np.arctan2(dy, dx))))
+    if len(angles) < 3:
+        return 0.0
+    return float(np.median(angles))
 
 
 def _crop_line(image: Image.Image, quad: np.ndarray) -> np.ndarray:

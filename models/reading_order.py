@@ -36,6 +36,8 @@ _MIN_GUTTER_HEIGHTS = 0.3
 # In a node of N lines, up to N // 20 lines may cross a gutter, each reaching at most one body
 # height past it.
 _GUTTER_CROSSINGS_PER_LINE = 20
+# Nodes of at least this many lines tolerate one crossing line, even below 20 lines.
+_MIN_LINES_FOR_CROSSING = 6
 _MAX_GUTTER_OVERHANG_HEIGHTS = 1.0
 # Consecutive bands further apart than this are separate sections even when they share a gutter.
 _MAX_BAND_MERGE_GAP_HEIGHTS = 1.0
@@ -228,11 +230,13 @@ def _find_gutters(lines: list[TextLine], thresholds: _Thresholds) -> list[tuple[
     """Return the x ranges that separate columns over the full height of `lines`.
 
     A gutter is an x range at least the minimum gutter wide with lines on both sides. In a node of
-    20 or more lines, one line in 20 may cross it, so a detector box that strays a little over a
-    gutter does not merge two columns. A crossing line may reach at most one body height past
-    the gutter, so a heading that spans both columns still blocks the split.
+    6 or more lines, one line (or one in 20, if more) may cross it, so a detector box that strays
+    a little over a gutter does not merge two columns. A crossing line may reach at most one body
+    height past the gutter, so a heading that spans both columns still blocks the split.
     """
     tolerance = len(lines) // _GUTTER_CROSSINGS_PER_LINE
+    if len(lines) >= _MIN_LINES_FOR_CROSSING:
+        tolerance = max(1, tolerance)
     min_width = thresholds.scaled(_MIN_GUTTER_HEIGHTS)
     max_overhang = thresholds.scaled(_MAX_GUTTER_OVERHANG_HEIGHTS)
     left_edge = min(line.box[0] for line in lines)
