@@ -143,10 +143,19 @@ def create_endpoint(
             "so this request has none)."
         )
         raise InputError(message, code="tenant_required", http_status=403)
-    if len(url) > MAX_ENDPOINT_URL_CHARS:
-        message = f"Expected a webhook URL of at most {MAX_ENDPOINT_URL_CHARS} characters."
+    has_space = any(char.isspace() or not char.isprintable() for char in url)
+    if len(url) > MAX_ENDPOINT_URL_CHARS or has_space:
+        message = (
+            f"Expected a webhook URL of at most {MAX_ENDPOINT_URL_CHARS} characters without "
+            "spaces or control characters."
+        )
         raise InputError(message, code="invalid_webhook_url")
-    check_url(url, parse_allowlist(settings.url_allowlist))
+    try:
+        check_url(url, parse_allowlist(settings.url_allowlist))
+    except UnicodeError as exc:
+        # getaddrinfo raises this for host names that IDNA cannot encode (empty labels, ...).
+        message = f"Expected a webhook URL with a valid host name, got {url[:200]!r}."
+        raise InputError(message, code="invalid_webhook_url") from exc
 
     with database.session() as session:
         existing = session.scalars(

@@ -257,3 +257,15 @@ def test_batch_deliveries_list_batch_completed(
     (delivery,) = response.json()["data"]
     assert delivery["event_type"] == "batch.completed"
     assert hidden.status_code == 404
+
+
+@pytest.mark.parametrize("url", ["http://a..b/hook", "http://exa mple.com/", "ftp://host/"])
+def test_endpoint_with_invalid_url_is_422(
+    make_tenant_client: Callable[..., TenantClient], url: str
+) -> None:
+    caller = make_tenant_client()
+
+    response = caller.client.post("/v1/webhooks/endpoints", json={"url": url})
+
+    assert response.status_code == 422
+    assert response.json()["detail"]["code"] in {"invalid_webhook_url", "invalid_url"}
