@@ -220,7 +220,8 @@ def post_delivery(context: DeliveryContext, claim: Claim, timestamp_s: int) -> A
         original = httpx.URL(claim.url)
     except OcrError as exc:
         return failed(exc.message, exc.code)
-    except httpx.InvalidURL as exc:
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        # getaddrinfo raises UnicodeError for host names that IDNA cannot encode.
         return failed(f"webhook URL is not valid: {exc}", "invalid_url")
 
     headers = webhooks.build_headers(claim.secret, claim.delivery_id, timestamp_s, claim.body)
