@@ -79,7 +79,7 @@ class RapidOcrEngine:
         timings_ms = {"detect": 0, "recognise": 0}
         quads = self._detect_timed(image, timings_ms)
         if not _mostly_vertical(quads):
-            skew_deg = _median_skew_deg(quads)
+            skew_deg = median_skew_deg(quads)
             if abs(skew_deg) >= _MIN_DESKEW_DEG:
                 # Straighten the page so that line boxes and column gutters line up again.
                 image = image.rotate(
@@ -174,7 +174,7 @@ def _mostly_vertical(quads: list[np.ndarray]) -> bool:
     return vertical * 2 > len(quads)
 
 
-def _median_skew_deg(quads: list[np.ndarray]) -> float:
+def median_skew_deg(quads: list[np.ndarray]) -> float:
     """Return the median slope of the long line quads in degrees, positive when lines fall right.
 
     Returns 0.0 when fewer than three lines are long enough to vote.

@@ -11,12 +11,13 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from cli.bench_metrics import character_error_rate, word_f1
 from models.engine import PageInput, PageOptions, PageResult
-from models.rapidocr_engine import RapidOcrEngine
+from models.rapidocr_engine import RapidOcrEngine, median_skew_deg
 from tests.conftest import CORPUS_DIR
 
 # Maximum whitespace-normalised CER against the .gt.txt file, per corpus page.
@@ -143,3 +144,19 @@ def test_locate_keeps_only_matching_blocks(make_page_image: Callable[..., Image.
 def test_unsupported_task_raises() -> None:
     with pytest.raises(ValueError, match="describe"):
         load_engine().run_pages([], PageOptions(task="describe"))
+
+
+def test_skew_is_median_slope_of_long_lines() -> None:
+    """Lines falling 2 degrees to the right give +2; a short, steep box does not vote."""
+    slope = np.tan(np.radians(2.0))
+
+    def make_quad(x: float, y: float, width: float, height: float, rise: float) -> np.ndarray:
+        return np.array(
+            [(x, y), (x + width, y + rise), (x + width, y + rise + height), (x, y + height)]
+        )
+
+    quads = [make_quad(0, row * 50, 800, 30, 800 * slope) for row in range(3)]
+    quads.append(make_quad(0, 200, 40, 30, 20))
+
+    assert median_skew_deg(quads) == pytest.approx(2.0, abs=0.01)
+    assert median_skew_deg(quads[:2]) == 0.0
