@@ -149,7 +149,8 @@ def maybe_complete_batch(
 
     Call it in the transaction that gave one of the batch's jobs its final status, after that
     update. The batch row is locked (FOR UPDATE on PostgreSQL), so of two jobs ending at once
-    the second to take the lock sees both ended. Returns True when this call completed the batch.
+    the second to take the lock counts both as ended. Returns True when this call completed
+    the batch.
     """
     if batch_id is None:
         return False

@@ -61,7 +61,7 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class DeliveryContext:
-    """What a delivery run needs; tests replace the clock, resolver and random source."""
+    """The settings, database and clock of a delivery run; tests replace the clock and resolver."""
 
     settings: Settings
     database: Database
@@ -72,7 +72,7 @@ class DeliveryContext:
 
 @dataclass(frozen=True)
 class Claim:
-    """A delivery this run holds until `claimed_until`, with the secret that signs it."""
+    """A delivery claimed by this run until `claimed_until`, with the secret that signs it."""
 
     delivery_id: str
     url: str
@@ -84,7 +84,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class AttemptResult:
-    """What one POST produced: an HTTP status, or an error before any status arrived."""
+    """The outcome of one POST: an HTTP status, or the error raised before any status arrived."""
 
     status_code: int | None
     headers: dict[str, str]
@@ -145,14 +145,14 @@ def claim_due(context: DeliveryContext, limit: int = CLAIM_BATCH_SIZE) -> list[C
         ).all()
         for delivery in rows:
             seen = delivery.next_attempt_at
-            taken = session.execute(
+            claimed_row = session.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id == delivery.id)
                 .where(WebhookDelivery.status == DELIVERY_PENDING)
                 .where(WebhookDelivery.next_attempt_at == seen)
                 .values(next_attempt_at=claimed_until)
             )
-            if int(taken.rowcount) != 1:  # type: ignore[attr-defined]
+            if int(claimed_row.rowcount) != 1:  # type: ignore[attr-defined]
                 continue
             claim = _claim(session, context.settings, delivery, claimed_until)
             if claim is not None:
