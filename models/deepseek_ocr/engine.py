@@ -86,18 +86,23 @@ class DeepseekOcrEngine:
 
     @classmethod
     def from_pretrained(
-        cls, folder: Path | str, device: str = "cpu", **options: object
+        cls,
+        folder: Path | str,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        **options: object,
     ) -> DeepseekOcrEngine:
         """Load config.json, tokenizer.json and the safetensors weights of a checkpoint folder.
 
-        Weights are bf16 on CUDA and fp32 on other devices. `options` go to the constructor.
+        Weights are `dtype`, by default bf16 on CUDA and fp32 on other devices. `options` go
+        to the constructor.
         """
         folder = Path(folder)
         if not folder.is_dir():
             message = f"model folder {folder} not found: set OCRQ_MODEL_PATH to a local checkpoint"
             raise FileNotFoundError(message)
         tokenizer = load_tokenizer(folder)
-        model = load_model(folder, device=device)
+        model = load_model(folder, device=device, dtype=dtype)
         return cls(model, tokenizer, **options)  # type: ignore[arg-type]
 
     @classmethod
