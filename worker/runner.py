@@ -19,10 +19,12 @@ from core.outbox import wake_if_due
 from core.settings import Settings, get_settings
 from core.storage import open_storage
 from models.engine import Engine
-from models.registry import load_engine, resolve_engine_name
+from models.registry import EngineLoadError, load_engine, resolve_engine_name
 from worker.pipeline import AttemptOutcome, PipelineContext, ProgressCallback, process_job
 
 SWEEP_INTERVAL_S = 60.0
+# load_engine arguments whose setting has another name.
+_SETTING_NAMES = {"dtype": "model_dtype"}
 
 log = get_logger(__name__)
 
@@ -48,12 +50,7 @@ class EngineCache:
                 return engine
 
             started = time.perf_counter()
-            try:
-                engine = load_engine(
-                    concrete, model_path=self.settings.model_path, device=self.settings.device
-                )
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
+            engine = load_configured_engine(concrete, self.settings)
             self._engines[concrete] = engine
         log.info(
             "engine.loaded",
@@ -62,6 +59,26 @@ class EngineCache:
             duration_ms=int((time.perf_counter() - started) * 1000),
         )
         return engine
+
+
+def load_configured_engine(name: str, settings: Settings) -> Engine:
+    """Load engine `name` with the OCRQ_ engine settings; a bad one raises ConfigError naming it."""
+    try:
+        return load_engine(
+            name,
+            model_path=settings.model_path,
+            device=settings.device,
+            dtype=settings.model_dtype,
+            max_new_tokens=settings.max_new_tokens,
+            max_tiles=settings.max_tiles,
+            max_batch_pages=settings.max_batch_pages,
+        )
+    except EngineLoadError as exc:
+        variable = "OCRQ_" + _SETTING_NAMES.get(exc.argument, exc.argument).upper()
+        message = f"invalid {variable}: {exc}"
+        raise ConfigError(message) from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def build_context(settings: Settings) -> PipelineContext:
@@ -111,8 +128,11 @@ def warm_up() -> None:
     context = worker_context()
     try:
         context.engines(context.settings.engine)
-    except Exception:
+    except ConfigError as exc:
+        # A bad setting: its message names the variable, and a traceback would add nothing.
         # The first job loads the engine again and records the failure on that job.
+        log.error("engine.load_failed", engine=context.settings.engine, error=exc.message)
+    except Exception:
         log.exception("engine.load_failed", engine=context.settings.engine)
 
 

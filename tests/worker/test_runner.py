@@ -86,3 +86,49 @@ def test_sweeper_thread_reenqueues_stranded_job(
         set_embedded_runner(None)
 
     assert sent[:1] == [job.id]
+
+
+def test_engine_cache_passes_engine_settings(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    received: dict[str, object] = {}
+
+    def fake_load(name: str, **options: object) -> FakeEngine:
+        received.update(options, name=name)
+        return FakeEngine(name=name)
+
+    monkeypatch.setattr("worker.runner.load_engine", fake_load)
+    settings = make_settings(
+        engine="auto",
+        model_path=tmp_path,
+        max_new_tokens=8,
+        max_tiles=4,
+        max_batch_pages=3,
+        model_dtype="float32",
+    )
+
+    EngineCache(settings)("auto")
+
+    assert received == {
+        "name": "deepseek-ocr",
+        "model_path": tmp_path,
+        "device": "cpu",
+        "dtype": "float32",
+        "max_new_tokens": 8,
+        "max_tiles": 4,
+        "max_batch_pages": 3,
+    }
+
+
+def test_engine_load_error_names_setting(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from models.registry import EngineLoadError
+
+    def failing_load(name: str, **_options: object) -> FakeEngine:
+        raise EngineLoadError("dtype", "unknown dtype 'int8'")
+
+    monkeypatch.setattr("worker.runner.load_engine", failing_load)
+
+    with pytest.raises(ConfigError, match="OCRQ_MODEL_DTYPE: unknown dtype"):
+        EngineCache(make_settings(model_path=tmp_path))("deepseek-ocr")
