@@ -77,6 +77,9 @@ def run(
     configure_logging("INFO" if verbose else "WARNING")
     upgrade_database(settings.resolved_database_url)
     context = build_context(settings)
+    # Load the engine before the first job, so a bad engine setting stops the command with one
+    # error line instead of failing each job in turn.
+    context.engines(settings.engine)
     service = JobService(settings, context.database, context.storage)
     progress = _Progress()
 
