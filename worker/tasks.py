@@ -18,9 +18,12 @@ from worker.pipeline import process_job
 from worker.webhooks import register_webhook_tasks, worker_delivery_context
 
 
-def register_tasks(app: Celery) -> None:
+def register_tasks(app: Celery, *, warm_up: bool = True) -> None:
     """Register ocrq.process_job and ocrq.deliver_webhooks on `app`, the engine warm-up in each
-    prefork child, and the sweeper thread in the main worker process."""
+    prefork child, and the sweeper thread in the main worker process.
+
+    Pass warm_up=False for a worker that only delivers webhooks, so it never loads an engine.
+    """
 
     @app.task(  # type: ignore[untyped-decorator]
         name=TASK_PROCESS_JOB,
@@ -39,7 +42,8 @@ def register_tasks(app: Celery) -> None:
 
     register_webhook_tasks(app, worker_delivery_context)
 
-    worker_process_init.connect(_warm_up_child, weak=False, dispatch_uid="ocrq.warm_up")
+    if warm_up:
+        worker_process_init.connect(_warm_up_child, weak=False, dispatch_uid="ocrq.warm_up")
     worker_ready.connect(_start_sweeper, weak=False, dispatch_uid="ocrq.sweeper")
 
 
