@@ -80,6 +80,7 @@ def worker(queues: str, pool: str, concurrency: int) -> None:
     """Start a Celery worker that processes OCR jobs from OCRQ_BROKER_URL."""
     from core.celery_app import get_celery_app
     from core.logging import configure_logging, get_logger
+    from core.outbox import QUEUE_WEBHOOKS
     from core.settings import get_settings
     from worker.tasks import register_tasks
 
@@ -90,7 +91,8 @@ def worker(queues: str, pool: str, concurrency: int) -> None:
         raise click.UsageError(message)
 
     app = get_celery_app(settings)
-    register_tasks(app)
+    # A worker consuming only ocrq.webhooks sends HTTP requests and needs no OCR engine.
+    register_tasks(app, warm_up=set(queues.split(",")) != {QUEUE_WEBHOOKS})
     get_logger("cli.service").info(
         "worker.starting",
         queues=queues,
