@@ -55,6 +55,23 @@ def test_status_prints_job_json(mock_api: Callable[..., None]) -> None:
     assert json.loads(result.output)["status"] == "running"
 
 
+def test_status_sends_api_key_as_bearer(
+    mock_api: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCRQ_API_KEY", "ocrq_from_environment")
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json=job("running"))
+
+    mock_api(handler)
+    outcome = CliRunner().invoke(ocrq_cli, ["status", JOB_ID])
+
+    assert outcome.exit_code == 0, outcome.output
+    assert seen == ["Bearer ocrq_from_environment"]
+
+
 def test_submit_wait_prints_markdown(mock_api: Callable[..., None], tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
