@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.celery_app import QUEUE_NAMES
 from core.db import Database
+from core.outbox import QUEUE_WEBHOOKS
 from core.tenants import find_tenant
 from tests.e2e.conftest import Stack
 from tests.webhook_receiver import WebhookReceiver, run_receiver
@@ -38,7 +40,9 @@ def test_worker_delivers_job_succeeded_to_url_and_endpoint(stack: Stack, corpus_
     """The job's webhook_url and the tenant's endpoint each get one verified job.succeeded."""
     stack.env["OCRQ_URL_ALLOWLIST"] = "127.0.0.1"
     stack.start_api()
-    stack.start_worker()
+    # OCR and delivery in separate workers, so the delivery must go through queue ocrq.webhooks.
+    stack.start("worker", "worker", "--pool", "solo", "--queues", ",".join(QUEUE_NAMES))
+    stack.start("webhooks", "worker", "--pool", "solo", "--queues", QUEUE_WEBHOOKS)
     headers = {"Authorization": f"Bearer {stack.api_key}"}
 
     # The endpoint receiver gets its secret from the API once the endpoint exists.
