@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     # Comma-separated host names, IPs or CIDRs that the SSRF guard (core/ssrf.py) lets URL
     # inputs and webhook targets reach although they are loopback, private or link-local.
     url_allowlist: str = ""
+    # Longest time the worker spends downloading one {"url": ...} input, redirects included.
+    url_fetch_timeout_s: float = Field(default=60.0, gt=0)
+    # Comma-separated buckets that {"s3": {"bucket", "key"}} inputs may name; empty refuses all.
+    # They are read with the service's own S3 credentials and OCRQ_S3_ENDPOINT_URL.
+    s3_input_buckets: str = ""
+    # Most documents in one POST /v1/batches.
+    max_batch_jobs: int = Field(default=1000, gt=0)
     # Signs deliveries to a job's or batch's webhook_url when the job has no tenant (no-auth
     # and embedded mode): whsec_ and base64 of 24-64 random bytes. Unset: such events are dropped.
     webhook_secret: SecretStr | None = None
