@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     # How long an Idempotency-Key is remembered per tenant; the sweeper purges older records.
     idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
 
+    # Results: how long the presigned URLs of GET /v1/jobs/{id}/result?links=true stay valid, and
+    # how long a finished job's rows and stored objects are kept before the sweeper deletes them
+    # (0 keeps them until the job is deleted).
+    presign_expires_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    result_retention_s: int = Field(default=30 * 24 * 3600, ge=0)
+
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, value: str | None) -> str | None:
