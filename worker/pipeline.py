@@ -264,20 +264,30 @@ def run_attempt(
         done = start_attempt(context, lease, info.page_count, engine.name)
         log.info("attempt.started", pages=info.page_count, pages_done=len(done), engine=engine.name)
 
+        # Engines that read several pages per call (deepseek-ocr) expose max_batch_pages; the
+        # others get one page per call. Each page row is written as soon as its batch returns.
+        batch_size = max(1, int(getattr(engine, "max_batch_pages", 1)))
+        batch: list[PageInput] = []
         for page_index, image, error in rasterized_pages(
             path, limits, password, info.page_count, done
         ):
+            if image is not None:
+                batch.append(PageInput(image=image, page_index=page_index))
+            if len(batch) == batch_size or (error is not None and batch):
+                read_and_write_batch(context, lease, engine, batch, info.page_count, on_page)
+                batch = []
+            if error is None:
+                continue
+
             check_lease(context, lease)
             with structlog.contextvars.bound_contextvars(page=page_index):
-                if error is not None:
-                    log.warning("page.failed", stage="rasterize", error_code=error.code)
-                    values = failed_page_values(error.code, error.message, tries=0)
-                else:
-                    assert image is not None
-                    values = read_page(context, lease, engine, page_index, image)
+                log.warning("page.failed", stage="rasterize", error_code=error.code)
+                values = failed_page_values(error.code, error.message, tries=0)
                 pages_done = write_page(context, lease, page_index, values)
             if on_page is not None:
                 on_page(pages_done, info.page_count)
+        if batch:
+            read_and_write_batch(context, lease, engine, batch, info.page_count, on_page)
 
     return store_result(context, lease)
 
@@ -322,6 +332,71 @@ def rasterized_pages(
             start += 1
 
 
+def read_and_write_batch(
+    context: PipelineContext,
+    lease: Lease,
+    engine: Engine,
+    batch: list[PageInput],
+    page_count: int,
+    on_page: ProgressCallback | None,
+) -> None:
+    """Read the pages of `batch` through the engine, then write each page row in page order."""
+    check_lease(context, lease)
+    for page, values in zip(batch, read_batch(context, lease, engine, batch), strict=True):
+        with structlog.contextvars.bound_contextvars(page=page.page_index):
+            pages_done = write_page(context, lease, page.page_index, values)
+        if on_page is not None:
+            on_page(pages_done, page_count)
+
+
+def read_batch(
+    context: PipelineContext, lease: Lease, engine: Engine, batch: list[PageInput]
+) -> list[dict[str, Any]]:
+    """Run the engine on several pages in one call, and store their figures.
+
+    Returns the page rows' column values in batch order. When the batched call fails, each page
+    is read again on its own with read_page, so one bad page fails alone.
+    """
+    if len(batch) == 1:
+        return [read_page(context, lease, engine, batch[0].page_index, batch[0].image)]
+
+    started_at = utcnow()
+    batch_started = time.perf_counter()
+    try:
+        results = engine.run_pages(batch, lease.options)
+    except SoftTimeLimitExceeded as exc:
+        raise time_limit_error(context.settings) from exc
+    except Exception:
+        log.warning("batch.failed", pages=len(batch), stage="decode", exc_info=True)
+        return [read_page(context, lease, engine, page.page_index, page.image) for page in batch]
+
+    # Every page of the batch took the batch's time, so each row's timings total is that time.
+    duration_ms = elapsed_ms(batch_started)
+    values = []
+    for result in results:
+        log.info(
+            "page.decoded",
+            page=result.page_index,
+            pages=len(batch),
+            duration_ms=duration_ms,
+            output_tokens=result.output_tokens,
+            blocks=len(result.blocks),
+            figures=len(result.figures),
+        )
+        store_figures(context.storage, lease.job_id, result)
+        values.append(succeeded_page_values(result, 1, started_at, duration_ms))
+    return values
+
+
+def time_limit_error(settings: Settings) -> TransientError:
+    """Return the error that ends an attempt which ran past OCRQ_TASK_TIME_LIMIT_S."""
+    message = (
+        f"The attempt ran past its time limit of {settings.task_time_limit_s} s "
+        "(OCRQ_TASK_TIME_LIMIT_S)."
+    )
+    return TransientError(message, code="time_limit_exceeded")
+
+
 def read_page(
     context: PipelineContext, lease: Lease, engine: Engine, page_index: int, image: Image.Image
 ) -> dict[str, Any]:
@@ -339,11 +414,7 @@ def read_page(
             )[0]
         except SoftTimeLimitExceeded as exc:
             # The whole attempt is out of time, not this page, so the attempt ends here.
-            message = (
-                f"The attempt ran past its time limit of {context.settings.task_time_limit_s} s "
-                "(OCRQ_TASK_TIME_LIMIT_S)."
-            )
-            raise TransientError(message, code="time_limit_exceeded") from exc
+            raise time_limit_error(context.settings) from exc
         except Exception as exc:
             # The engine's own failure on this page (bad output, out of memory): the page
             # fails after its tries, the other pages go on.
