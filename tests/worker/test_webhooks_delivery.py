@@ -378,3 +378,30 @@ def test_receiver_rejects_tampered_body_and_stale_timestamp() -> None:
 
     assert statuses == [200, 400, 400]
     assert [item.verified for item in receiver.received] == [True, False, False]
+
+
+def test_wake_up_runs_after_commit_and_not_after_rollback(
+    settings: Settings, database: Database
+) -> None:
+    wakes: list[int] = []
+
+    def count_deliveries() -> None:
+        # The rows must already be committed when the deliverer looks for them.
+        with database.session() as session:
+            wakes.append(len(session.scalars(select(WebhookDelivery.id)).all()))
+
+    set_embedded_deliverer(count_deliveries)
+    try:
+        committed = insert_job(database, webhook_url="http://127.0.0.1:9/hook")
+        finish_job(database, settings, committed, JobStatus.SUCCEEDED)
+        rolled_back = insert_job(database, webhook_url="http://127.0.0.1:9/hook")
+        with pytest.raises(RuntimeError), database.session() as session:
+            job = session.get(Job, rolled_back)
+            assert job is not None
+            job.status = JobStatus.SUCCEEDED
+            record_job_finished(session, rolled_back, settings)
+            raise RuntimeError("the transaction fails after the outbox write")
+    finally:
+        set_embedded_deliverer(None)
+
+    assert wakes == [1]
