@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.celery_app import MESSAGE_PRIORITIES, enqueue_job
 from core.db import Database
-from core.documents import Limits, inspect_document
+from core.documents import Limits
 from core.errors import ConflictError, InputError, NotFoundError, OcrError
 from core.idempotency_store import (
     IdempotentRequest,
@@ -29,6 +29,7 @@ from core.idempotency_store import (
     purge_expired,
     record_key,
 )
+from core.inputs import prepare_source, prepare_upload
 from core.logging import get_logger
 from core.outbox import record_job_finished
 from core.settings import Settings
@@ -170,7 +171,7 @@ class JobService:
 
     def create_job(
         self,
-        path: Path,
+        path: Path | None,
         *,
         filename: str | None = None,
         engine: str | None = None,
@@ -184,8 +185,12 @@ class JobService:
         tenant_id: str | None = None,
         batch_id: str | None = None,
         priority: str = "normal",
+        source: dict[str, Any] | None = None,
     ) -> Job:
         """Inspect, store, commit and enqueue a job for the document at `path`.
+
+        With `source` ({"type": "url"|"s3", ...}, core.inputs.parse_source) instead of a path,
+        the source is checked and the worker fetches the document.
 
         Raises InputError for a document or option the service cannot accept; nothing is
         stored then. With `idempotency`, the key's record is inserted in the job row's
@@ -193,9 +198,7 @@ class JobService:
         won; create_or_replay_job() handles that. An enqueue failure is logged, not raised: the
         job stays queued for sweep().
 
-        NOTE: `password` is used to inspect the document and is never stored, so only an
-        in-process runner that is handed the password (as `ocrq run` does) can read an
-        encrypted PDF. A worker behind a broker fails such a job with pdf_password_required.
+        `password` is never stored: a PDF it opens is stored decrypted (core.inputs).
         """
         engine = engine or self.settings.engine
         check_job_options(engine, mode, task, target)
@@ -203,11 +206,15 @@ class JobService:
             message = f"Expected priority high, normal or low, got {priority!r}."
             raise InputError(message, code="invalid_priority", http_status=422)
 
-        info = inspect_document(path, Limits.from_settings(self.settings), password)
+        if source is not None:
+            prepared = prepare_source(source, self.settings)
+        else:
+            assert path is not None
+            prepared = prepare_upload(path, Limits.from_settings(self.settings), password)
 
         job_id = new_id()
         key = input_key(job_id)
-        self.storage.put_file(key, path, content_type=info.media_type)
+        prepared.store(self.storage, key)
 
         job = Job(
             id=job_id,
@@ -217,10 +224,10 @@ class JobService:
             task=task,
             target=target,
             filename=filename,
-            media_type=info.media_type,
+            media_type=prepared.media_type,
             input_key=key,
-            size_bytes=path.stat().st_size,
-            pages_total=info.page_count,
+            size_bytes=prepared.size_bytes,
+            pages_total=prepared.page_count,
             pages_done=0,
             attempt=0,
             metadata_=metadata,
@@ -229,6 +236,7 @@ class JobService:
             tenant_id=tenant_id,
             batch_id=batch_id,
             priority=priority,
+            source=prepared.source,
         )
         try:
             with self.database.session() as session:
@@ -242,9 +250,10 @@ class JobService:
         log.info(
             "job.created",
             job_id=job_id,
-            pages=info.page_count,
+            pages=prepared.page_count,
             bytes=job.size_bytes,
-            media_type=info.media_type,
+            media_type=prepared.media_type,
+            source=prepared.source["type"],
             engine=engine,
             mode=mode,
             task=task,
@@ -254,7 +263,12 @@ class JobService:
         return self.get_job(job_id)
 
     def create_or_replay_job(
-        self, path: Path, *, idempotency: IdempotentRequest, tenant_id: str | None, **options: Any
+        self,
+        path: Path | None,
+        *,
+        idempotency: IdempotentRequest,
+        tenant_id: str | None,
+        **options: Any,
     ) -> tuple[Job, bool]:
         """Create a job once per Idempotency-Key; return (job, True), or (original, False).
 
