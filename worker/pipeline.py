@@ -35,6 +35,7 @@ from core.errors import InputError, OcrError, TransientError
 from core.jobs import HEARTBEAT_INTERVAL_S, LEASE_TTL_S, as_utc, build_result
 from core.logging import get_logger
 from core.outbox import record_job_finished
+from core.results import store_page_json
 from core.settings import Settings
 from core.states import JobStatus, PageStatus, final_job_status
 from core.storage import Storage, figure_key, result_json_key, result_markdown_key
@@ -508,6 +509,10 @@ def write_page(
             .where(Page.status.in_([PageStatus.SUCCEEDED, PageStatus.FAILED]))
         )
         session.execute(update(Job).where(Job.id == lease.job_id).values(pages_done=pages_done))
+
+    # The page's JSON is stored once its row is committed, so storage never runs ahead of it.
+    page = Page(job_id=lease.job_id, page_index=page_index, **values)
+    store_page_json(context.storage, lease.job_id, page)
     return int(pages_done or 0)
 
 
