@@ -385,14 +385,15 @@ class JobService:
             self.delete_job(job_id, tenant_id=tenant_id)
             return None
 
-    def sweep(self, grace_s: int = SWEEP_GRACE_S) -> list[str]:
+    def sweep(self, grace_s: int = SWEEP_GRACE_S, now: datetime | None = None) -> list[str]:
         """Re-enqueue jobs whose enqueue never happened and running jobs whose worker is gone.
 
         A running job counts as abandoned when its heartbeat is older than LEASE_TTL_S. The
         pipeline's lease lets the new attempt take it over. Expired idempotency records are
-        purged too. Returns the job ids sent.
+        purged, and finished jobs past OCRQ_RESULT_RETENTION_S deleted. Returns the job ids
+        sent. `now` is for tests; it defaults to the clock.
         """
-        now = utcnow()
+        now = now or utcnow()
         never_enqueued = (
             (Job.status == JobStatus.QUEUED)
             & Job.enqueued_at.is_(None)
@@ -411,6 +412,10 @@ class JobService:
         if job_ids:
             log.info("sweep.finished", found=len(job_ids), enqueued=len(sent))
         purge_expired(self.database)
+        # Imported here: core.results builds on this module's page documents.
+        from core.results import expire_results
+
+        expire_results(self.database, self.storage, self.settings.result_retention_s, now)
         return sent
 
 

@@ -41,6 +41,7 @@ from core.states import JobStatus, PageStatus, final_job_status
 from core.storage import Storage, figure_key, result_json_key, result_markdown_key
 from core.tables import Job, Page, utcnow
 from models.engine import Engine, PageInput, PageOptions, PageResult
+from worker.inputs import download_input
 from worker.rasterize import iter_pages
 
 FIGURE_JPEG_QUALITY = 90
@@ -249,15 +250,14 @@ def run_attempt(
     limits = Limits.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="ocrq-job-") as folder:
         path = Path(folder) / "original"
-        stage_started = time.perf_counter()
-        # TODO: jobs whose source is a URL or an S3 object (jobs.source) need fetching here;
-        # the pipeline reads only the stored upload at input_key.
-        context.storage.download_to(lease.input_key, path)
-        log.info(
-            "stage.finished",
-            stage="fetch",
-            bytes=path.stat().st_size,
-            duration_ms=elapsed_ms(stage_started),
+        # A URL or S3 source is fetched and stored on the first attempt (worker/inputs.py).
+        download_input(
+            context.settings,
+            context.database,
+            context.storage,
+            lease.job_id,
+            lease.input_key,
+            path,
         )
 
         info = inspect_document(path, limits, password)
