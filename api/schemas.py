@@ -146,3 +146,33 @@ class WebhookEndpointsPublic(BaseModel):
     """The tenant's webhook endpoints, oldest first."""
 
     data: list[WebhookEndpointPublic]
+
+
+class PageLink(BaseModel):
+    """Where one page's JSON can be downloaded; `index` is 0-based."""
+
+    index: int
+    url: str | None
+
+
+class FigureLink(BaseModel):
+    """Where one figure crop (`{page}_{k}.jpg`) can be downloaded."""
+
+    name: str
+    url: str | None
+
+
+class JobResultLinks(BaseModel):
+    """Download links instead of inline content (GET …/result?links=true).
+
+    On S3 the URLs are presigned and stop working at `expires_at` (OCRQ_PRESIGN_EXPIRES_S). On a
+    file:// storage they are this API's routes, need the API key, and `expires_at` is null. A
+    result file the job never wrote (a canceled job) has a null URL.
+    """
+
+    job_id: str
+    expires_at: datetime | None
+    result_json: str | None
+    result_md: str | None
+    pages: list[PageLink]
+    figures: list[FigureLink]
