@@ -194,9 +194,9 @@ class JobService:
 
         Raises InputError for a document or option the service cannot accept; nothing is
         stored then. With `idempotency`, the key's record is inserted in the job row's
-        transaction, and IdempotencyKeyTaken (nothing kept) means another request with the key
-        won; create_or_replay_job() handles that. An enqueue failure is logged, not raised: the
-        job stays queued for sweep().
+        transaction. IdempotencyKeyTaken means another request with the key committed first,
+        and nothing of this one is kept; create_or_replay_job() handles it. An enqueue failure
+        is logged, not raised: the job stays queued for sweep().
 
         `password` is never stored: a PDF it opens is stored decrypted (core.inputs).
         """
