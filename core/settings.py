@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     page_max_attempts: int = Field(default=2, ge=1)
     task_time_limit_s: int = Field(default=3600, gt=0)
+    # Most pages of one tenant running at once on all workers together (fair share); a
+    # tenant's own tenants.max_pages_in_flight overrides it.
+    tenant_max_pages_in_flight: int = Field(default=8, ge=1)
     debug: bool = False
     log_level: str = "INFO"
 
