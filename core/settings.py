@@ -40,9 +40,9 @@ class Settings(BaseSettings):
     # The deepseek-ocr engine. A page's prompt and output share the model's 8192-token window,
     # so unset max_new_tokens means the rest of that window; a smaller value caps the output.
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
-    # Most tiles per page in gundam mode; a grid has 2 to 9 tiles.
+    # Maximum tiles per page in gundam mode; a tile grid has 2 to 9 tiles.
     max_tiles: int = Field(default=6, ge=2, le=9)
-    # Most pages of one job sent through the engine together.
+    # Maximum pages of one job that the engine reads in one batch.
     max_batch_pages: int = Field(default=8, ge=1)
     # auto: bfloat16 on CUDA, float32 on other devices.
     model_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
