@@ -12,13 +12,15 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, CallerDep
+from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, Caller, CallerDep
 from api.deps import JobServiceDep
 from api.schemas import ErrorBody, JobPublic, JobResult
+from api.sources import is_json_request, read_json_object, split_job_body
 from api.upload import MAX_FIELD_BYTES, read_upload
 from core.errors import ConflictError, InputError, NotFoundError
 from core.idempotency import file_sha256, request_fingerprint
 from core.idempotency_store import IdempotentRequest
+from core.inputs import parse_source
 from core.jobs import DEFAULT_MODE, DEFAULT_TASK, JOB_MODES, JOB_TASKS, JobService, job_to_dict
 from core.logging import get_logger
 from core.states import JobStatus
@@ -66,7 +68,30 @@ _UPLOAD_SCHEMA = {
                         "password": {"type": "string", "description": "for encrypted PDFs"},
                     },
                 }
-            }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "a document to fetch: exactly one of url or s3",
+                    "additionalProperties": False,
+                    "properties": {
+                        "url": {"type": "string", "format": "uri", "maxLength": 2048},
+                        "s3": {
+                            "type": "object",
+                            "required": ["bucket", "key"],
+                            "properties": {
+                                "bucket": {"type": "string", "description": "in OCRQ_S3_INPUT_BUCKETS"},
+                                "key": {"type": "string"},
+                            },
+                        },
+                        "mode": _MODE_SCHEMA,
+                        "task": _TASK_SCHEMA,
+                        "target": {"type": "string", "description": "phrase for task locate"},
+                        "webhook_url": {"type": "string", "format": "uri"},
+                        "metadata": {"type": "object"},
+                    },
+                }
+            },
         },
     }
 }
@@ -86,7 +111,14 @@ _UPLOAD_SCHEMA = {
         },
         413: {"model": ErrorBody, "description": "file over OCRQ_MAX_FILE_BYTES"},
         415: {"model": ErrorBody, "description": "not a supported document type"},
-        422: {"model": ErrorBody, "description": "unreadable document, over a limit, bad option"},
+        422: {
+            "model": ErrorBody,
+            "description": (
+                "unreadable document, over a limit, bad option; for url and s3 also "
+                "invalid_url, url_not_allowed (OCRQ_URL_ALLOWLIST), bucket_not_allowed "
+                "(OCRQ_S3_INPUT_BUCKETS)"
+            ),
+        },
     },
 )
 async def create_job(
@@ -95,12 +127,15 @@ async def create_job(
     caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
-    """Accept a document (multipart field `file`) and queue a job for it.
+    """Accept a document (multipart field `file`, or JSON `url` or `s3`) and queue a job for it.
 
-    The document is checked (size, type by content, page count and size, PDF password) before
-    anything is stored or queued. A repeated Idempotency-Key with the same file and options
-    returns the original job with 200; with anything different it is rejected with 409.
+    An upload is checked (size, type by content, page count and size, PDF password) before
+    anything is stored or queued. A URL passes the SSRF guard and an S3 location the bucket
+    allow-list at once; the worker fetches and checks the document. A repeated Idempotency-Key
+    with the same request returns the original job with 200; anything different gets 409.
     """
+    if is_json_request(request):
+        return await create_job_from_source(request, service, caller, idempotency_key)
     upload = await read_upload(
         request, max_file_bytes=service.settings.max_file_bytes, temp_dir=None
     )
@@ -139,6 +174,35 @@ async def create_job(
         raise
     finally:
         upload.discard()
+
+
+async def create_job_from_source(
+    request: Request, service: JobService, caller: Caller, idempotency_key: str | None
+) -> JSONResponse:
+    """Create a job from a JSON body {"url"|"s3": ..., options...}; see create_job."""
+    source_part, fields = split_job_body(await read_json_object(request))
+    if "password" in fields:
+        message = "A password is accepted only with an uploaded file, not with url or s3."
+        raise InputError(message, code="unknown_field")
+    options = parse_job_options(fields)
+    options.pop("password")
+    source = parse_source(source_part)
+    if not idempotency_key:
+        job = await run_in_threadpool(
+            lambda: service.create_job(None, source=source, tenant_id=caller.tenant_id, **options)
+        )
+        return _job_response(job_to_dict(job), status_code=202)
+
+    fingerprint = request_fingerprint("POST", request.url.path, {**options, "source": source}, None)
+    idempotency = IdempotentRequest.build(
+        caller.tenant_id, idempotency_key, fingerprint, "job", service.settings.idempotency_ttl_s
+    )
+    job, created = await run_in_threadpool(
+        lambda: service.create_or_replay_job(
+            None, idempotency=idempotency, tenant_id=caller.tenant_id, source=source, **options
+        )
+    )
+    return _job_response(job_to_dict(job), status_code=202 if created else 200)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=_JOB_RESPONSES)
