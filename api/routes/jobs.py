@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, Caller, CallerDep
 from api.deps import JobServiceDep
-from api.schemas import ErrorBody, JobPublic, JobResult
+from api.schemas import ErrorBody, JobPublic, JobResult, JobResultLinks
 from api.sources import is_json_request, read_json_object, split_job_body
 from api.upload import MAX_FIELD_BYTES, read_upload
 from core.errors import ConflictError, InputError, NotFoundError
@@ -23,6 +23,7 @@ from core.idempotency_store import IdempotentRequest
 from core.inputs import parse_source
 from core.jobs import DEFAULT_MODE, DEFAULT_TASK, JOB_MODES, JOB_TASKS, JobService, job_to_dict
 from core.logging import get_logger
+from core.results import result_links
 from core.states import JobStatus
 
 API_PREFIX = "/v1"
@@ -213,16 +214,32 @@ def read_job(job_id: str, service: JobServiceDep, caller: CallerDep) -> dict[str
 
 @router.get(
     "/jobs/{job_id}/result",
-    response_model=JobResult,
+    response_model=JobResult | JobResultLinks,
     responses={
+        200: {"description": "JobResult, or JobResultLinks with links=true"},
         **_JOB_RESPONSES,
         409: {"model": ErrorBody, "description": "the job is still queued or running"},
     },
 )
-def read_result(job_id: str, service: JobServiceDep, caller: CallerDep) -> dict[str, Any]:
-    """Return a finished job's markdown and per-page results (blocks, timings)."""
+def read_result(
+    job_id: str,
+    request: Request,
+    service: JobServiceDep,
+    caller: CallerDep,
+    links: Annotated[bool, Query(description="download links instead of content")] = False,
+) -> dict[str, Any]:
+    """Return a finished job's markdown and per-page results (blocks, timings).
+
+    With links=true: URLs of result.json, result.md, each page's JSON and each figure, presigned
+    for OCRQ_PRESIGN_EXPIRES_S on S3, or this API's routes on a file:// storage.
+    """
     job_id = parse_job_id(job_id)
     _require_finished(service, job_id, caller.tenant_id)
+    if links:
+        job = service.get_job(job_id, tenant_id=caller.tenant_id)
+        api_base = f"{str(request.base_url).rstrip('/')}{API_PREFIX}/jobs/{job_id}"
+        expires_s = service.settings.presign_expires_s
+        return result_links(service.storage, job, job.pages, api_base, expires_s)
     return service.get_result(job_id, tenant_id=caller.tenant_id)
 
 
