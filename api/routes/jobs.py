@@ -81,7 +81,10 @@ _UPLOAD_SCHEMA = {
                             "type": "object",
                             "required": ["bucket", "key"],
                             "properties": {
-                                "bucket": {"type": "string", "description": "in OCRQ_S3_INPUT_BUCKETS"},
+                                "bucket": {
+                                    "type": "string",
+                                    "description": "one of OCRQ_S3_INPUT_BUCKETS",
+                                },
                                 "key": {"type": "string"},
                             },
                         },
