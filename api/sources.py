@@ -1,0 +1,73 @@
+"""JSON request bodies that name a document by URL or S3 location instead of uploading it.
+
+POST /v1/jobs takes {"url": ...} or {"s3": {"bucket", "key"}} with the job options beside
+it; POST /v1/batches takes {"sources": [...], "options": {...}}. The body is read with a size
+cap, and option values are turned into the strings the multipart form would carry, so both
+kinds of request go through the same option checks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from api.errors import ApiError
+from core.errors import InputError
+from core.inputs import SOURCE_S3, SOURCE_URL
+
+# A JSON body names documents, it never holds one, so a small cap is enough (a batch of
+# OCRQ_MAX_BATCH_JOBS URLs fits).
+MAX_JSON_BODY_BYTES = 4 * 1024 * 1024
+SOURCE_KEYS = (SOURCE_URL, SOURCE_S3)
+
+
+def is_json_request(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """Return the request's JSON object; raise 413 past MAX_JSON_BODY_BYTES, 422 when malformed."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY_BYTES:
+            message = f"The JSON body is larger than the maximum of {MAX_JSON_BODY_BYTES} bytes."
+            raise ApiError(413, "body_too_large", message)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        message = "Expected the request body to be a JSON object."
+        raise ApiError(422, "invalid_json", message)
+    return document
+
+
+def split_job_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split a JSON job body into its source part and its options as form-field strings."""
+    source_part = {name: body[name] for name in SOURCE_KEYS if name in body}
+    options = {name: value for name, value in body.items() if name not in SOURCE_KEYS}
+    return source_part, option_fields(options)
+
+
+def option_fields(options: dict[str, Any]) -> dict[str, str]:
+    """Turn JSON option values into the strings a multipart form would send.
+
+    metadata is encoded as JSON (the form checks it is an object); every other option must be a
+    string.
+    """
+    fields: dict[str, str] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "metadata":
+            fields[name] = json.dumps(value)
+            continue
+        if not isinstance(value, str):
+            message = f"Expected option {name[:64]!r} to be a string, got {type(value).__name__}."
+            raise InputError(message, code="invalid_option")
+        fields[name] = value
+    return fields
