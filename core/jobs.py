@@ -41,6 +41,8 @@ from core.tables import Job, Page, new_id, utcnow
 JOB_MODES = ("tiny", "small", "base", "large", "gundam")
 JOB_TASKS = ("markdown", "ocr", "free", "figure", "describe", "locate")
 JOB_ENGINES = ("auto", "deepseek-ocr", "rapidocr")
+# The tasks models.rapidocr_engine accepts; it has no model for figure or describe.
+RAPIDOCR_TASKS = ("markdown", "ocr", "free", "locate")
 DEFAULT_MODE = "gundam"
 DEFAULT_TASK = "markdown"
 
@@ -154,6 +156,10 @@ def check_job_options(engine: str, mode: str, task: str, target: str | None) -> 
     if task == "locate" and not (target and target.strip()):
         message = "Expected a target phrase for task 'locate', got none."
         raise InputError(message, code="missing_target", http_status=422)
+    # Only an explicit rapidocr is checked: "auto" resolves in the worker, whose settings decide.
+    if engine == "rapidocr" and task not in RAPIDOCR_TASKS:
+        message = f"Expected task {', '.join(RAPIDOCR_TASKS)} for engine rapidocr, got {task!r}."
+        raise InputError(message, code="unsupported_task", http_status=422)
 
 
 class JobService:
