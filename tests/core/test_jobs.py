@@ -133,6 +133,7 @@ def test_create_job_rejects_invalid_pdf_before_storing(harness: Harness, corpus_
         ({"task": "translate"}, "invalid_task"),
         ({"engine": "tesseract"}, "invalid_engine"),
         ({"task": "locate"}, "missing_target"),
+        ({"engine": "rapidocr", "task": "describe"}, "unsupported_task"),
         ({"priority": "urgent"}, "invalid_priority"),
     ],
 )
@@ -183,6 +184,13 @@ def test_get_job_hides_other_tenants_job(harness: Harness, corpus_dir: Path) -> 
 def test_job_modes_and_tasks_match_engine_protocol() -> None:
     assert JOB_MODES == MODES
     assert JOB_TASKS == TASKS
+
+
+def test_rapidocr_tasks_match_engine() -> None:
+    from core.jobs import RAPIDOCR_TASKS
+    from models import rapidocr_engine
+
+    assert RAPIDOCR_TASKS == rapidocr_engine._SUPPORTED_TASKS
 
 
 def test_job_dict_has_public_fields(harness: Harness, corpus_dir: Path) -> None:
