@@ -17,11 +17,16 @@ from core.errors import ConfigError, TransientError
 from core.settings import Settings, get_settings
 
 TASK_PROCESS_JOB = "ocrq.process_job"
+TASK_PROCESS_PAGE = "ocrq.process_page"
 QUEUE_OCR = "ocr"
 QUEUE_NAMES = (QUEUE_OCR,)
 # Job priority to Redis message priority. Redis transports serve 0 first, the opposite of AMQP,
 # and kombu keeps one list per step of its default priority steps (0, 3, 6, 9).
 MESSAGE_PRIORITIES = {"high": 0, "normal": 3, "low": 6}
+# Page messages only wake a worker, which then claims the best page in the database
+# (core/scheduling.py). They wait in the last list, so a new job's message, which counts its
+# pages, is always read before a backlog of page messages.
+PAGE_MESSAGE_PRIORITY = 9
 
 # Redis re-delivers an unacknowledged message after visibility_timeout, set to this many task
 # time limits. A factor above 2 keeps a long but healthy attempt on its first worker.
@@ -54,7 +59,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "queue_order_strategy": "priority",
         },
         "task_default_queue": QUEUE_OCR,
-        "task_routes": {TASK_PROCESS_JOB: {"queue": QUEUE_OCR}},
+        "task_routes": {
+            TASK_PROCESS_JOB: {"queue": QUEUE_OCR},
+            TASK_PROCESS_PAGE: {"queue": QUEUE_OCR},
+        },
         # A message is acknowledged after the task returns, and re-queued when the worker
         # process dies mid-task; the pipeline's lease makes the second run safe.
         "task_acks_late": True,
@@ -127,4 +135,30 @@ def enqueue_job(job_id: str, settings: Settings, priority: str = "normal") -> No
         )
     except Exception as exc:  # kombu raises many unrelated types for one unreachable broker
         message = f"the broker did not accept job {job_id}: {type(exc).__name__}"
+        raise TransientError(message) from exc
+
+
+def enqueue_pages(job_id: str, count: int, settings: Settings, countdown_s: float = 0) -> None:
+    """Send `count` ocrq.process_page messages that each run one claimable page.
+
+    Any worker that reads one claims the best page in the database, which may belong to
+    another job; `job_id` only names the job in logs. Embedded mode sends nothing, because
+    `ocrq run` works through its job's pages in-process. Raises TransientError as enqueue_job.
+    """
+    if settings.embedded or count <= 0:
+        return
+    app = get_celery_app(settings)
+    try:
+        for _ in range(count):
+            app.send_task(
+                TASK_PROCESS_PAGE,
+                args=[job_id],
+                queue=QUEUE_OCR,
+                priority=PAGE_MESSAGE_PRIORITY,
+                countdown=countdown_s or None,
+                retry=True,
+                retry_policy=_SEND_RETRY,
+            )
+    except Exception as exc:  # kombu raises many unrelated types for one unreachable broker
+        message = f"the broker did not accept the pages of job {job_id}: {type(exc).__name__}"
         raise TransientError(message) from exc
