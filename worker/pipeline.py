@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from core.celery_app import enqueue_pages
 from core.db import Database
 from core.documents import Limits, inspect_document
 from core.errors import InputError, OcrError, TransientError
@@ -95,8 +96,13 @@ def process_job(
     *,
     password: str | None = None,
     on_page: ProgressCallback | None = None,
+    fan_out: bool = False,
 ) -> AttemptOutcome:
-    """Run one attempt of the job; a duplicate delivery returns status "dropped" at once."""
+    """Run one attempt of the job; a duplicate delivery returns status "dropped" at once.
+
+    With `fan_out`, the attempt counts the pages and sends them to the broker, returning status
+    running. Otherwise it runs every page in this process.
+    """
     lease = lease_job(context, job_id)
     if lease is None:
         return AttemptOutcome(status="dropped")
@@ -107,7 +113,7 @@ def process_job(
         heartbeat(context, lease),
     ):
         try:
-            status = run_attempt(context, lease, password, on_page)
+            status = run_attempt(context, lease, password, on_page, fan_out)
         except LeaseLost:
             status = current_status(context, job_id)
             log.info("attempt.stopped", status=status, duration_ms=elapsed_ms(started))
@@ -128,7 +134,8 @@ def process_job(
         except Exception as exc:
             return handle_attempt_error(context, lease, exc, started)
 
-        log.info("job.finished", status=status, duration_ms=elapsed_ms(started))
+        event = "job.finished" if JobStatus(status).is_final else "job.planned"
+        log.info(event, status=status, duration_ms=elapsed_ms(started))
         return AttemptOutcome(status=status)
 
 
@@ -244,8 +251,16 @@ def run_attempt(
     lease: Lease,
     password: str | None,
     on_page: ProgressCallback | None,
+    fan_out: bool = False,
 ) -> str:
-    """Read every page not yet succeeded, then store the result; return the final status."""
+    """Count the pages and plan a page row for each, then run them or send them out.
+
+    Returns the job's status: final once every page has ended, else running (`fan_out`).
+    """
+    # worker.pages builds on this module's page functions, so it is imported at call time.
+    from worker.pages import finish_job as finish_planned_job
+    from worker.pages import plan_pages, process_next
+
     settings = context.settings
     limits = Limits.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="ocrq-job-") as folder:
@@ -265,32 +280,25 @@ def run_attempt(
         done = start_attempt(context, lease, info.page_count, engine.name)
         log.info("attempt.started", pages=info.page_count, pages_done=len(done), engine=engine.name)
 
-        # Engines that read several pages per call (deepseek-ocr) expose max_batch_pages; the
-        # others get one page per call. Each page row is written as soon as its batch returns.
-        batch_size = max(1, int(getattr(engine, "max_batch_pages", 1)))
-        batch: list[PageInput] = []
-        for page_index, image, error in rasterized_pages(
-            path, limits, password, info.page_count, done
-        ):
-            if image is not None:
-                batch.append(PageInput(image=image, page_index=page_index))
-            if len(batch) == batch_size or (error is not None and batch):
-                read_and_write_batch(context, lease, engine, batch, info.page_count, on_page)
-                batch = []
-            if error is None:
-                continue
-
+        # Each page becomes a pending row that any worker may claim (worker/pages.py). Behind a
+        # broker the pages go out as ocrq.process_page messages and the last page to finish
+        # finishes the job. Without one (`ocrq run`, fan_out False) they run here, in order.
+        waiting = plan_pages(context, lease.job_id, info.page_count)
+        if fan_out:
+            if waiting:
+                enqueue_pages(lease.job_id, waiting, settings)
+                return JobStatus.RUNNING
+            return finish_planned_job(context, lease.job_id) or current_status(context, lease.job_id)
+        while process_next(
+            context,
+            lambda _job_id, _key: path,
+            job_id=lease.job_id,
+            password=password,
+            on_page=on_page,
+            fair_share=False,
+        ).ran:
             check_lease(context, lease)
-            with structlog.contextvars.bound_contextvars(page=page_index):
-                log.warning("page.failed", stage="rasterize", error_code=error.code)
-                values = failed_page_values(error.code, error.message, tries=0)
-                pages_done = write_page(context, lease, page_index, values)
-            if on_page is not None:
-                on_page(pages_done, info.page_count)
-        if batch:
-            read_and_write_batch(context, lease, engine, batch, info.page_count, on_page)
-
-    return store_result(context, lease)
+        return finish_planned_job(context, lease.job_id) or current_status(context, lease.job_id)
 
 
 def start_attempt(
