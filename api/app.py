@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import RequestMetrics
 from api.middleware import RequestContextMiddleware
-from api.routes import health, jobs, results, webhooks
+from api.routes import batches, health, jobs, results, webhooks
 from api.schemas import ErrorBody
 from core.jobs import JobService
 from core.settings import Settings, get_settings
@@ -51,5 +51,6 @@ def create_app(
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
+    app.include_router(batches.router)
     app.include_router(results.router)
     return app
