@@ -17,6 +17,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from core.jobs import PAGE_SEPARATOR
+from models.deepseek_ocr.preprocess import count_image_tokens
+from models.deepseek_ocr.prompts import build_prompt_ids, load_tokenizer
 from models.deepseek_ocr.random_weights import save_random_checkpoint
 from tests.e2e.conftest import OCRQ, Stack
 from tests.e2e.test_service import JOB_TIMEOUT_S, page_rows, stored_object
@@ -112,6 +114,24 @@ def test_run_rejects_missing_model_folder(corpus_dir: Path, tmp_path: Path) -> N
     assert len(completed.stderr.strip().splitlines()) == 1
 
 
+def test_run_rejects_locate_without_target(
+    checkpoint: Path, corpus_dir: Path, tmp_path: Path
+) -> None:
+    args = [
+        "run",
+        "--engine",
+        "deepseek-ocr",
+        "--task",
+        "locate",
+        str(corpus_dir / "phototest.tif"),
+    ]
+
+    completed = run_ocrq(args, checkpoint, tmp_path / "data")
+
+    assert completed.returncode == 1
+    assert "(code missing_target)" in completed.stderr
+
+
 @pytest.mark.services
 def test_worker_runs_deepseek_job(stack: Stack, checkpoint: Path, corpus_dir: Path) -> None:
     """A two-page PDF submitted to the API is read by `ocrq worker` with deepseek-ocr."""
@@ -139,5 +159,11 @@ def test_worker_runs_deepseek_job(stack: Stack, checkpoint: Path, corpus_dir: Pa
     assert all(row.status == "succeeded" for row in rows)
     for page in result["pages"]:
         check_engine_page(page)
+    # The prompt has as many <image> slots as base mode gives the page, so the mode arrived.
+    tokenizer = load_tokenizer(checkpoint)
+    for row in rows:
+        image_tokens, _grid = count_image_tokens(row.width, row.height, "base")
+        prompt = build_prompt_ids(tokenizer, "markdown", None, image_tokens)
+        assert row.result["prompt_tokens"] == len(prompt), row.page_index
     stored = json.loads(stored_object(stack, f"results/{job['id']}/result.json"))
     assert len(stored["pages"]) == 2
