@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import RequestMetrics
 from api.middleware import RequestContextMiddleware
+from api.openapi import install_openapi
 from api.routes import batches, health, jobs, results, webhooks
 from api.schemas import ErrorBody
 from core.jobs import JobService
@@ -53,4 +54,5 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(batches.router)
     app.include_router(results.router)
+    install_openapi(app)
     return app
