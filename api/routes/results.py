@@ -25,7 +25,7 @@ router = APIRouter(
     prefix=API_PREFIX, tags=["results"], dependencies=AUTH_DEPENDENCIES, responses=AUTH_RESPONSES
 )
 
-_STORAGE_DOWN = {
+_STORAGE_DOWN: dict[int | str, dict[str, Any]] = {
     503: {
         "model": ErrorBody,
         "description": "the storage is unreachable for now",
