@@ -16,10 +16,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from core.celery_app import MESSAGE_PRIORITIES, enqueue_job
+from core.celery_app import (
+    MESSAGE_PRIORITIES,
+    VISIBILITY_TIMEOUT_FACTOR,
+    enqueue_job,
+    enqueue_pages,
+)
 from core.db import Database
 from core.documents import Limits
 from core.errors import ConflictError, InputError, NotFoundError, OcrError
@@ -32,6 +37,7 @@ from core.idempotency_store import (
 from core.inputs import prepare_source, prepare_upload
 from core.logging import get_logger
 from core.outbox import record_job_finished
+from core.scheduling import claimable, in_flight
 from core.settings import Settings
 from core.states import JobStatus, PageStatus
 from core.storage import Storage, input_key, job_prefixes, open_storage
@@ -394,8 +400,9 @@ class JobService:
     def sweep(self, grace_s: int = SWEEP_GRACE_S, now: datetime | None = None) -> list[str]:
         """Re-enqueue jobs whose enqueue never happened and running jobs whose worker is gone.
 
-        A running job counts as abandoned when its heartbeat is older than LEASE_TTL_S. The
-        pipeline's lease lets the new attempt take it over. Expired idempotency records are
+        A running job is sent again when its heartbeat is older than LEASE_TTL_S and none of its
+        pages runs or waits, so the new attempt plans the pages anew or finishes the job. A page
+        whose heartbeat is older than PAGE_LEASE_TTL_S gets a new ocrq.process_page message. Expired idempotency records are
         purged, and finished jobs past OCRQ_RESULT_RETENTION_S deleted. Returns the job ids
         sent. `now` is for tests; it defaults to the clock.
         """
@@ -408,15 +415,47 @@ class JobService:
         abandoned = (Job.status == JobStatus.RUNNING) & (
             Job.heartbeat_at < now - timedelta(seconds=LEASE_TTL_S)
         )
+        page_live = select(Page.id).where(Page.job_id == Job.id, in_flight(now)).exists()
+        page_pending = (
+            select(Page.id)
+            .where(Page.job_id == Job.id, Page.status == PageStatus.PENDING)
+            .exists()
+        )
+        # Pending pages wait for their messages in the broker, which restores a lost delivery
+        # after its visibility timeout; only a job quiet for longer has its pages sent again.
+        # TODO: pages of a job whose first attempt died between planning and sending them
+        # also wait that long (3 x OCRQ_TASK_TIME_LIMIT_S).
+        quiet_s = VISIBILITY_TIMEOUT_FACTOR * self.settings.task_time_limit_s
+        replan = abandoned & ~page_live & (
+            ~page_pending | (Job.heartbeat_at < now - timedelta(seconds=quiet_s))
+        )
         with self.database.session() as session:
             statement = (
-                select(Job.id).where(or_(never_enqueued, abandoned)).order_by(Job.created_at)
+                select(Job.id).where(or_(never_enqueued, replan)).order_by(Job.created_at)
             )
             job_ids = list(session.scalars(statement))
+            # Pages whose worker died mid-page: one new page message each.
+            stale_pages = session.execute(
+                select(Page.job_id, func.count())
+                .join(Job, Job.id == Page.job_id)
+                .where(Job.status == JobStatus.RUNNING, Page.status == PageStatus.RUNNING)
+                .where(claimable(now))
+                .group_by(Page.job_id)
+            ).all()
 
         sent = [job_id for job_id in job_ids if self.enqueue(job_id)]
-        if job_ids:
-            log.info("sweep.finished", found=len(job_ids), enqueued=len(sent))
+        for job_id, count in stale_pages:
+            try:
+                enqueue_pages(job_id, int(count), self.settings)
+            except OcrError as exc:
+                log.warning("pages.enqueue_failed", job_id=job_id, error=exc.message)
+        if job_ids or stale_pages:
+            log.info(
+                "sweep.finished",
+                found=len(job_ids),
+                enqueued=len(sent),
+                stale_pages=sum(int(count) for _, count in stale_pages),
+            )
         purge_expired(self.database)
         # Imported here: core.results builds on this module's page documents.
         from core.results import expire_results
