@@ -20,6 +20,7 @@ from core.settings import Settings, get_settings
 from core.storage import open_storage
 from models.engine import Engine
 from models.registry import EngineLoadError, load_engine, resolve_engine_name
+from worker.pages import InputCache
 from worker.pipeline import AttemptOutcome, PipelineContext, ProgressCallback, process_job
 
 SWEEP_INTERVAL_S = 60.0
@@ -109,8 +110,10 @@ def run_job_inline(
             return outcome
 
 
-# The worker process's own context, built after the fork; the one piece of global state here.
+# The worker process's own context and input cache, built after the fork; the one piece of
+# global state here.
 _process_context: PipelineContext | None = None
+_process_inputs: InputCache | None = None
 _process_lock = threading.Lock()
 
 
@@ -121,6 +124,16 @@ def worker_context() -> PipelineContext:
         if _process_context is None:
             _process_context = build_context(get_settings())
         return _process_context
+
+
+def worker_inputs() -> InputCache:
+    """Return this process's cache of downloaded job inputs, built on first use."""
+    global _process_inputs
+    context = worker_context()
+    with _process_lock:
+        if _process_inputs is None:
+            _process_inputs = InputCache(context.storage)
+        return _process_inputs
 
 
 def warm_up() -> None:
