@@ -76,7 +76,7 @@ def test_pages_go_to_engine_in_batches(
     assert page_statuses(harness, job_id) == [PageStatus.SUCCEEDED] * 3
 
 
-def test_engine_without_batch_size_reads_one_page_per_call(
+def test_unbatched_engine_gets_single_pages(
     settings_factory: Callable[..., Settings], corpus_dir: Path
 ) -> None:
     engine = FakeEngine()
