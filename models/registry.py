@@ -75,7 +75,7 @@ def load_engine(
         # Missing files, unreadable safetensors, and strict-load mismatches listing tensor
         # names. The listing has one name per line, joined here into one line.
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        message = f"cannot load the checkpoint in {model_path}: {detail}"
+        message = f"failed to load the checkpoint in {model_path}: {detail}"
         raise EngineLoadError("model_path", message) from exc
 
     if max_new_tokens is not None:
