@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -146,6 +148,110 @@ class OcrqClient:
             if bar is not None:
                 bar.close()
 
+    def submit_url(
+        self, url: str, *, idempotency_key: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Create a job for a document the service downloads from `url` (options as submit)."""
+        return self._submit_json({"url": url, **options}, idempotency_key)
+
+    def submit_s3(
+        self, bucket: str, key: str, *, idempotency_key: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Create a job for s3://bucket/key, read with the service's own credentials."""
+        return self._submit_json({"s3": {"bucket": bucket, "key": key}, **options}, idempotency_key)
+
+    def create_batch(
+        self,
+        documents: Sequence[str | Path | dict[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Submit many documents with shared options (mode, task, priority, webhook_url, ...).
+
+        `documents` are all file paths (uploaded), or all sources ({"url": ...} or
+        {"s3": {"bucket", "key"}}). One refused document rejects the whole batch.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        options = {name: value for name, value in options.items() if value is not None}
+        if documents and all(isinstance(item, dict) for item in documents):
+            body = {"sources": list(documents), "options": options}
+            return _json(self._request("POST", "/v1/batches", json=body, headers=headers))
+
+        form = {
+            name: json.dumps(value) if name == "metadata" else str(value)
+            for name, value in options.items()
+        }
+        with ExitStack() as stack:
+            try:
+                files = [
+                    ("file", (Path(item).name, stack.enter_context(Path(item).open("rb"))))
+                    for item in documents
+                    if not isinstance(item, dict)
+                ]
+            except OSError as exc:
+                message = f"cannot read {exc.filename}: {exc.strerror}"
+                raise ClientError("file_unreadable", message) from exc
+            if len(files) != len(documents):
+                message = "pass either file paths or source dicts to create_batch, not both"
+                raise ClientError("invalid_documents", message)
+            response = self._request("POST", "/v1/batches", data=form, files=files, headers=headers)
+        return _json(response)
+
+    def get_batch(
+        self, batch_id: str, *, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """Return the batch with its counts per job state and one page of its jobs."""
+        params = {name: value for name, value in (("limit", limit), ("cursor", cursor)) if value}
+        return _json(self._request("GET", f"/v1/batches/{batch_id}", params=params))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel the batch's queued and running jobs; return the batch."""
+        return _json(self._request("DELETE", f"/v1/batches/{batch_id}"))
+
+    def wait_batch(
+        self,
+        batch_id: str,
+        timeout_s: float = 3600.0,
+        *,
+        progress: bool = True,
+        poll_interval_s: float = POLL_INTERVAL_S,
+    ) -> dict[str, Any]:
+        """Poll the batch until every job has ended and return it.
+
+        With `progress`, a tqdm bar on stderr counts finished jobs out of jobs_total. Raises
+        ClientError wait_timed_out when jobs are still going after timeout_s.
+        """
+        deadline = time.monotonic() + timeout_s
+        bar = None
+        try:
+            while True:
+                batch = self.get_batch(batch_id, limit=1)
+                finished = sum(batch["counts"].get(status, 0) for status in FINAL_STATUSES)
+                if progress and bar is None:
+                    bar = _batch_bar(batch_id, batch["jobs_total"])
+                if bar is not None:
+                    bar.n = finished
+                    bar.set_postfix_str(batch["status"], refresh=False)
+                    bar.refresh()
+                if batch["status"] != "running":
+                    return batch
+                if time.monotonic() >= deadline:
+                    message = (
+                        f"batch {batch_id} has {finished} of {batch['jobs_total']} jobs finished "
+                        f"after {timeout_s:g} s; check it later with `ocrq batch status`"
+                    )
+                    raise ClientError("wait_timed_out", message)
+                time.sleep(poll_interval_s)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _submit_json(self, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {name: value for name, value in body.items() if value is not None}
+        return _json(self._request("POST", "/v1/jobs", json=body, headers=headers))
+
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, url, **kwargs)
@@ -193,6 +299,12 @@ def _progress_bar(job_id: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=None, desc=f"job {job_id[:8]}", unit="page", leave=False)
+
+
+def _batch_bar(batch_id: str, jobs_total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=jobs_total, desc=f"batch {batch_id[:8]}", unit="job", leave=False)
 
 
 def _update_bar(bar: Any, job: dict[str, Any]) -> None:
