@@ -341,23 +341,6 @@ def rasterized_pages(
             start += 1
 
 
-def read_and_write_batch(
-    context: PipelineContext,
-    lease: Lease,
-    engine: Engine,
-    batch: list[PageInput],
-    page_count: int,
-    on_page: ProgressCallback | None,
-) -> None:
-    """Read the pages of `batch` through the engine, then write each page row in page order."""
-    check_lease(context, lease)
-    for page, values in zip(batch, read_batch(context, lease, engine, batch), strict=True):
-        with structlog.contextvars.bound_contextvars(page=page.page_index):
-            pages_done = write_page(context, lease, page.page_index, values)
-        if on_page is not None:
-            on_page(pages_done, page_count)
-
-
 def read_batch(
     context: PipelineContext, lease: Lease, engine: Engine, batch: list[PageInput]
 ) -> list[dict[str, Any]]:
