@@ -402,9 +402,9 @@ class JobService:
 
         A running job is sent again when its heartbeat is older than LEASE_TTL_S and none of its
         pages runs or waits, so the new attempt plans the pages anew or finishes the job. A page
-        whose heartbeat is older than PAGE_LEASE_TTL_S gets a new ocrq.process_page message. Expired idempotency records are
-        purged, and finished jobs past OCRQ_RESULT_RETENTION_S deleted. Returns the job ids
-        sent. `now` is for tests; it defaults to the clock.
+        whose heartbeat is older than PAGE_LEASE_TTL_S gets a new ocrq.process_page message.
+        Expired idempotency records are purged, and finished jobs past OCRQ_RESULT_RETENTION_S
+        deleted. Returns the job ids sent. `now` is for tests; it defaults to the clock.
         """
         now = now or utcnow()
         never_enqueued = (
