@@ -288,7 +288,9 @@ def run_attempt(
             if waiting:
                 enqueue_pages(lease.job_id, waiting, settings)
                 return JobStatus.RUNNING
-            return finish_planned_job(context, lease.job_id) or current_status(context, lease.job_id)
+            return finish_planned_job(context, lease.job_id) or current_status(
+                context, lease.job_id
+            )
         while process_next(
             context,
             lambda _job_id, _key: path,
