@@ -29,6 +29,8 @@ PRIORITY_RANKS = {"high": 0, "normal": 1, "low": 2}
 # than PAGE_LEASE_TTL_S has lost its worker and may be claimed again.
 PAGE_HEARTBEAT_INTERVAL_S = 20.0
 PAGE_LEASE_TTL_S = 90
+# PostgreSQL advisory lock key that serialises claims ("ocrq" in ASCII).
+CLAIM_LOCK_KEY = 0x6F637271
 # claim_pages() retries this many times when another worker claimed its pick first.
 _CLAIM_TRIES = 5
 # Tenant key of jobs that belong to no tenant (embedded mode, auth off); they share one limit.
@@ -73,14 +75,15 @@ def claim_pages(
     """Lease up to `max_pages` claimable pages of the best job; None when nothing may run now.
 
     With `job_id`, only that job's pages are considered. With fair_share False the tenant limit
-    is ignored (`ocrq run` works through one job in one process).
-
-    NOTE: two workers claiming at the same moment may both pass a tenant's limit check, so a
-    tenant can briefly hold one page per racing worker above its limit.
+    is ignored (`ocrq run` works through one job in one process). On PostgreSQL claims take a
+    transaction-level advisory lock, so two workers never both pass a tenant's limit check;
+    SQLite serialises writers by itself.
     """
     for _ in range(_CLAIM_TRIES):
         now = utcnow()
         with database.session() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             chosen = _pick_job(session, settings, now, job_id, fair_share)
             if chosen is None:
                 return None
@@ -188,9 +191,7 @@ def _tenant_limits(session: Session, settings: Settings, tenants: list[str]) -> 
     return {tenant: tenant_limit(settings, overrides.get(tenant)) for tenant in tenants}
 
 
-def _lease_pages(
-    session: Session, job_id: str, now: datetime, max_pages: int
-) -> PageClaim | None:
+def _lease_pages(session: Session, job_id: str, now: datetime, max_pages: int) -> PageClaim | None:
     """Lease up to `max_pages` claimable pages of `job_id`, lowest index first."""
     statement = (
         select(Page.id, Page.page_index, Page.lease_token, Page.attempts)

@@ -87,9 +87,9 @@ def plan_pages(context: PipelineContext, job_id: str, page_count: int) -> int:
         insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
         if rows:
             session.execute(
-                insert(Page).values(rows).on_conflict_do_nothing(
-                    index_elements=["job_id", "page_index"]
-                )
+                insert(Page)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["job_id", "page_index"])
             )
     return waiting_pages(context.database, job_id=job_id)
 
@@ -217,7 +217,8 @@ def write_claimed_page(
     """
     with context.database.session() as session:
         job = session.execute(
-            select(Job.pages_total).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            select(Job.pages_total)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
             .with_for_update()
         ).first()
         if job is None:
