@@ -37,8 +37,8 @@ from core.storage import (
 )
 from core.tables import Job, Page, utcnow
 
-# Figure names as the engines write them: `{page}_{k}.jpg`. Anything else is refused before it
-# reaches a storage key, so a name can never climb out of the job's folder.
+# Figure names as the engines write them: `{page}_{k}.jpg`. Anything else is rejected before it
+# becomes a storage key, so a name can never climb out of the job's folder.
 FIGURE_NAME = re.compile(r"[0-9]{1,6}_[0-9]{1,6}\.jpg")
 # The retention sweep deletes at most this many jobs per run; the next run takes the rest.
 EXPIRE_BATCH = 200
@@ -60,7 +60,7 @@ def page_document(page: Page) -> dict[str, Any]:
 
 
 def store_page_json(storage: Storage, job_id: str, page: Page) -> None:
-    """Write the page's JSON to storage; called once the page row is recorded."""
+    """Write the page's JSON to storage, once the page row is committed."""
     encoded = json.dumps(page_document(page), ensure_ascii=False).encode()
     storage.put_bytes(page_json_key(job_id, page.page_index), encoded, "application/json")
 
@@ -68,7 +68,9 @@ def store_page_json(storage: Storage, job_id: str, page: Page) -> None:
 def check_figure_name(job_id: str, name: str) -> str:
     """Return `name` if it is a figure name; raise NotFoundError (404) for anything else."""
     if not FIGURE_NAME.fullmatch(name):
-        message = f"Job {job_id} has no figure {name[:64]!r}; figure names look like 0_0.jpg."
+        message = (
+            f"Figure {name[:64]!r} of job {job_id} was not found; expected a name like 0_0.jpg."
+        )
         raise NotFoundError(message, code="figure_not_found")
     return name
 
@@ -79,7 +81,7 @@ def read_figure(storage: Storage, job_id: str, name: str) -> bytes:
     try:
         return storage.get_bytes(key)
     except NotFoundError:
-        message = f"Job {job_id} has no figure {name!r}."
+        message = f"Figure {name!r} of job {job_id} was not found."
         raise NotFoundError(message, code="figure_not_found") from None
 
 
@@ -88,8 +90,9 @@ def result_links(
 ) -> dict[str, Any]:
     """Return download links for a finished job's result files, pages and figures.
 
-    `api_base` is the URL of the job's route (…/v1/jobs/{id}); it is used where the storage has
-    no presigned URLs. Only the result files that exist are linked: a canceled job may have none.
+    `api_base` is the URL of the job's route (…/v1/jobs/{id}). Links point there when the
+    storage has no presigned URLs. A result file that does not exist (a canceled job has none)
+    gets a null URL.
     """
     job_id = job.id
     recorded = sorted(
@@ -137,7 +140,7 @@ def expire_results(
 ) -> list[str]:
     """Delete finished jobs older than `retention_s` (objects, then rows); return their ids.
 
-    Does nothing when `retention_s` is 0. `now` is for tests; it defaults to the clock.
+    Does nothing when `retention_s` is 0. `now` replaces the clock in tests.
     """
     if retention_s <= 0:
         return []
