@@ -72,7 +72,11 @@ class Job(Base):
         back_populates="job", cascade="all, delete-orphan", order_by="Page.page_index"
     )
 
-    __table_args__ = (Index("ix_jobs_status_enqueued", "status", "enqueued_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
+        # The retention sweep reads finished jobs oldest first.
+        Index("ix_jobs_finished_at", "finished_at"),
+    )
 
 
 class Page(Base):
