@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +29,11 @@ from core.results import result_links
 from core.states import JobStatus
 
 API_PREFIX = "/v1"
+# GET /v1/jobs/{id}?wait= holds a request at most this long, and re-reads the job this often.
+MAX_WAIT_S = 60
+WAIT_POLL_INTERVAL_S = 0.25
+# Seconds a client should wait before polling a queued or running job again.
+POLL_RETRY_AFTER_S = 2
 # Form fields POST /v1/jobs accepts beside the file.
 JOB_FIELDS = ("mode", "task", "target", "webhook_url", "metadata", "password")
 
@@ -209,10 +216,41 @@ async def create_job_from_source(
     return _job_response(job_to_dict(job), status_code=202 if created else 200)
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic, responses=_JOB_RESPONSES)
-def read_job(job_id: str, service: JobServiceDep, caller: CallerDep) -> dict[str, Any]:
-    """Return the job's status, page counts and error."""
-    return service.get_job_dict(parse_job_id(job_id), tenant_id=caller.tenant_id)
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobPublic,
+    responses={**_JOB_RESPONSES, 422: {"model": ErrorBody, "description": "wait over 60 s"}},
+)
+async def read_job(
+    job_id: str,
+    service: JobServiceDep,
+    caller: CallerDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Seconds to hold the request until the status or pages_done changes.",
+        ),
+    ] = 0,
+) -> JSONResponse:
+    """Return the job's status, page counts and error.
+
+    With `wait`, the response comes as soon as the status or pages_done differs from the first
+    read, or after `wait` seconds. A job that is still queued or running carries Retry-After.
+    """
+    job_id = parse_job_id(job_id)
+    job = await run_in_threadpool(service.get_job_dict, job_id, tenant_id=caller.tenant_id)
+    seen = (job["status"], job["pages_done"])
+    deadline = time.monotonic() + wait
+    while not JobStatus(job["status"]).is_final and time.monotonic() < deadline:
+        await asyncio.sleep(min(WAIT_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+        job = await run_in_threadpool(service.get_job_dict, job_id, tenant_id=caller.tenant_id)
+        if (job["status"], job["pages_done"]) != seen:
+            break
+
+    headers = {} if JobStatus(job["status"]).is_final else {"Retry-After": str(POLL_RETRY_AFTER_S)}
+    return JSONResponse(job, headers=headers)
 
 
 @router.get(
