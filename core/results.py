@@ -10,7 +10,8 @@ routes (result, result.md, pages/{index}, figures/{name}), which need the API ke
 
 Retention: the sweeper deletes every finished job whose finished_at is older than
 OCRQ_RESULT_RETENTION_S, its stored objects first, then its rows, so an expired job reads
-exactly like a deleted one (404 job_not_found). 0 turns the sweep off.
+exactly like a deleted one (404 job_not_found). A finished batch goes too, once its jobs have.
+0 turns the sweep off.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, exists, select
 
 from core.db import Database
 from core.errors import NotFoundError
@@ -35,7 +36,7 @@ from core.storage import (
     result_json_key,
     result_markdown_key,
 )
-from core.tables import Job, Page, utcnow
+from core.tables import Batch, Job, Page, utcnow
 
 # Figure names as the engines write them: `{page}_{k}.jpg`. Anything else is rejected before it
 # becomes a storage key, so a name can never climb out of the job's folder.
@@ -163,7 +164,30 @@ def expire_results(
             if row is not None:
                 session.delete(row)
         log.info("job.expired", job_id=job_id, objects=objects)
+
+    expire_batches(database, cutoff)
     return job_ids
+
+
+def expire_batches(database: Database, cutoff: datetime) -> list[str]:
+    """Delete batches that finished before `cutoff` once none of their jobs is left.
+
+    A batch's jobs finish before it does, so they expire in the same sweep or an earlier one.
+    """
+    no_jobs_left = ~exists().where(Job.batch_id == Batch.id)
+    with database.session() as session:
+        statement = (
+            select(Batch.id)
+            .where(Batch.finished_at < cutoff)
+            .where(no_jobs_left)
+            .limit(EXPIRE_BATCH)
+        )
+        batch_ids = list(session.scalars(statement))
+        if batch_ids:
+            session.execute(delete(Batch).where(Batch.id.in_(batch_ids)))
+    for batch_id in batch_ids:
+        log.info("batch.expired", batch_id=batch_id)
+    return batch_ids
 
 
 def _link(page_index: int, url: str | None) -> dict[str, Any]:
