@@ -15,7 +15,7 @@ from core.results import check_figure_name, page_json_key, result_links
 from core.settings import Settings
 from core.states import JobStatus
 from core.storage import figure_key, input_key, result_json_key
-from core.tables import utcnow
+from core.tables import Batch, new_id, utcnow
 from tests.worker.fakes import FakeEngine, Harness, make_harness
 from worker.pipeline import process_job
 
@@ -76,6 +76,21 @@ def test_sweep_never_expires_unfinished_jobs(harness: Harness, corpus_dir: Path)
     harness.service.sweep(now=utcnow() + timedelta(seconds=10 * DAY_S))
 
     assert harness.service.get_job(job_id).status == JobStatus.QUEUED
+
+
+def test_sweep_deletes_batch_once_its_jobs_expired(harness: Harness, corpus_dir: Path) -> None:
+    finished, running = new_id(), new_id()
+    with harness.database.session() as session:
+        session.add(Batch(id=finished, status="completed", jobs_total=1, finished_at=utcnow()))
+        session.add(Batch(id=running, status="running", jobs_total=1))
+    job_id = harness.insert_job(corpus_dir / "phototest.tif", batch_id=finished)
+    process_job(job_id, harness.context)
+
+    harness.service.sweep(now=utcnow() + timedelta(seconds=DAY_S + 60))
+
+    with harness.database.session() as session:
+        assert session.get(Batch, finished) is None
+        assert session.get(Batch, running) is not None
 
 
 def test_zero_retention_keeps_results(
