@@ -6,7 +6,8 @@ adds what all /v1 routes have in common, so no route can forget it:
 - 401 with WWW-Authenticate (a missing, invalid or revoked API key),
 - 422 and 500 with the error body,
 - 503 with Retry-After (the database, storage or broker is unreachable for now),
-- 400 on routes with a body that cannot be parsed,
+- 400 on routes with a body that cannot be parsed, and 415 on multipart routes for a body of
+  another content type,
 - the Idempotency-Key request header on POST routes that honour it, Location on the responses
   that create a resource, and Retry-After on the polling reads.
 """
@@ -54,6 +55,7 @@ _COMMON_ERRORS: dict[str, dict[str, Any]] = {
 
 # Any route with a body: the body cannot be parsed at all (broken JSON or multipart).
 _MALFORMED_BODY = {"description": "malformed body: not parseable as its content type"}
+_UNSUPPORTED_BODY = {"description": "a body of a content type other than those documented"}
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -77,8 +79,12 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
             if path.startswith(API_PREFIX):
                 for status, template in _COMMON_ERRORS.items():
                     _add_error(responses, status, template)
-            if "requestBody" in operation:
+            body_types = operation.get("requestBody", {}).get("content", {})
+            if body_types:
                 _add_error(responses, "400", _MALFORMED_BODY)
+            if "multipart/form-data" in body_types:
+                # These routes read the body themselves and check its content type first.
+                _add_error(responses, "415", _UNSUPPORTED_BODY)
             else:
                 _add_error(responses, "500", _COMMON_ERRORS["500"])
             _fix_error_media_types(responses)
