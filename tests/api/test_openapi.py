@@ -114,3 +114,11 @@ def test_result_documents_links_variant(document: dict[str, Any]) -> None:
     assert "links" in {parameter["name"] for parameter in operation["parameters"]}
     assert {"$ref": "#/components/schemas/JobResultLinks"} in schema["anyOf"]
     assert "409" in operation["responses"]
+
+
+def test_multipart_routes_list_415_and_400(document: dict[str, Any]) -> None:
+    for _method, path, operation in operations(document):
+        if "multipart/form-data" not in operation.get("requestBody", {}).get("content", {}):
+            continue
+        assert error_schema(operation["responses"].get("415", {})) == ERROR_BODY_REF, path
+        assert error_schema(operation["responses"].get("400", {})) == ERROR_BODY_REF, path
