@@ -66,6 +66,16 @@ def finished_job(client: TestClient, corpus_dir: Path) -> str:
     return job_id
 
 
+def submitted_batch(client: TestClient, corpus_dir: Path) -> str:
+    """Submit a one-document batch (left queued: nobody reads the queue); return its id."""
+    path = corpus_dir / "phototest.tif"
+    with path.open("rb") as handle:
+        response = client.post("/v1/batches", files=[("file", (path.name, handle))])
+    assert response.status_code == 202, response.text
+    batch_id: str = response.json()["id"]
+    return batch_id
+
+
 def check_operation(
     operation: Any, mode: GenerationMode, authorization: str, **fixed: Any
 ) -> str | None:
@@ -97,13 +107,16 @@ def check_operation(
 def test_api_answers_without_5xx_and_as_documented(
     api_client: TestClient, corpus_dir: Path
 ) -> None:
-    """Each operation with valid and invalid requests, then with the id of a real finished job.
+    """Each operation with valid and invalid requests, then with the ids of a real job and batch.
 
     Every failure is listed at the end. DELETEs go last, so the real job lives through the rest.
     """
     schema = schemathesis.openapi.from_asgi("/openapi.json", api_client.app)
     authorization = api_client.headers["Authorization"]
-    job_id = finished_job(api_client, corpus_dir)
+    real_ids = {
+        "job_id": finished_job(api_client, corpus_dir),
+        "batch_id": submitted_batch(api_client, corpus_dir),
+    }
     operations = sorted(
         (result.ok() for result in schema.get_all_operations()),
         key=lambda operation: operation.method.upper() == "DELETE",
@@ -113,11 +126,12 @@ def test_api_answers_without_5xx_and_as_documented(
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             failures.append(check_operation(operation, mode, authorization))
-        if "{job_id}" in operation.path:
-            real_job = {"path_parameters": {"job_id": job_id}}
-            failures.append(
-                check_operation(operation, GenerationMode.POSITIVE, authorization, **real_job)
-            )
+        for name, real_id in real_ids.items():
+            if f"{{{name}}}" in operation.path:
+                real = {"path_parameters": {name: real_id}}
+                failures.append(
+                    check_operation(operation, GenerationMode.POSITIVE, authorization, **real)
+                )
 
     reports = [failure for failure in failures if failure]
     assert not reports, "\n\n".join(reports)
