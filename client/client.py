@@ -110,6 +110,22 @@ class OcrqClient:
         """Return a finished job's document markdown."""
         return self._request("GET", f"/v1/jobs/{job_id}/result.md").text
 
+    def result_links(self, job_id: str) -> dict[str, Any]:
+        """Return download links for a finished job's result files, pages and figures.
+
+        On S3 storage they are presigned URLs valid until `expires_at`. On file:// storage they
+        are API routes, so fetch them with this client (its API key).
+        """
+        return _json(self._request("GET", f"/v1/jobs/{job_id}/result", params={"links": "true"}))
+
+    def page(self, job_id: str, page_index: int) -> dict[str, Any]:
+        """Return one finished page's result (0-based index), also while the job runs."""
+        return _json(self._request("GET", f"/v1/jobs/{job_id}/pages/{page_index}"))
+
+    def figure(self, job_id: str, name: str) -> bytes:
+        """Return a figure crop's JPEG bytes; `name` is as in the markdown, e.g. 0_0.jpg."""
+        return self._request("GET", f"/v1/jobs/{job_id}/figures/{name}").content
+
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Cancel a queued or running job (returns it), or delete a finished one (returns None)."""
         response = self._request("DELETE", f"/v1/jobs/{job_id}")
