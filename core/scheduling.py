@@ -1,7 +1,7 @@
 """Choose which pages run next: job priority first, then fair share between tenants.
 
 Page rows are the ready queue. A worker claims pages with claim_pages(), which leases them by a
-compare-and-set on pages.lease_token; that token then fences every write of the page. Broker
+compare-and-set on pages.lease_token. That token then fences every write of the page. Broker
 messages only wake workers, so any page message may run any claimable page, and the database
 order (not the broker's) decides that a high-priority page overtakes a low-priority backlog.
 
@@ -23,7 +23,7 @@ from core.settings import Settings
 from core.states import JobStatus, PageStatus
 from core.tables import Job, Page, Tenant, utcnow
 
-# Smaller runs first.
+# Sort rank of each job priority; a lower rank runs first.
 PRIORITY_RANKS = {"high": 0, "normal": 1, "low": 2}
 # A page task refreshes pages.heartbeat_at this often; a running page whose heartbeat is older
 # than PAGE_LEASE_TTL_S has lost its worker and may be claimed again.

@@ -3,9 +3,9 @@
 A job's first task (worker.pipeline.process_job) counts its pages and inserts one pending page
 row per page. Each page then runs under its own lease (core.scheduling.claim_pages), and
 pages.lease_token fences its writes. A page row and jobs.pages_done change in one transaction
-that holds the job row's lock, so exactly one writer sees the last page land, and that writer
-finishes the job. A canceled job's pages are never claimed, and a page still running when its
-job is canceled writes nothing.
+that holds the job row's lock, so exactly one writer counts the job's last page, and that
+writer finishes the job. A canceled job's pages are never claimed, and a page still running
+when its job is canceled writes nothing.
 
 Celery runs process_next() once per ocrq.process_page message. `ocrq run` and the tests call it
 in a loop for one job, in-process, through the same functions.
@@ -60,7 +60,7 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class PageOutcome:
-    """What one process_next() call did.
+    """The result of one process_next() call.
 
     `ran` is False when no page could start: `waiting` then counts the pages that wait for a
     tenant's fair-share slot (the caller should try again shortly) and is 0 when none wait.

@@ -23,7 +23,7 @@ from worker.tasks import register_tasks
 
 @dataclass
 class SlowEngine(FakeEngine):
-    """FakeEngine that sleeps `delay_s` per page before answering."""
+    """FakeEngine that sleeps `delay_s` per page before returning its results."""
 
     delay_s: float = 0.5
 
