@@ -144,7 +144,12 @@ def batch_size(context: PipelineContext, job_id: str | None) -> int:
     if job_id is not None:
         with context.database.session() as session:
             name = session.scalar(select(Job.engine).where(Job.id == job_id)) or name
-    engine = context.engines(name)
+    try:
+        engine = context.engines(name)
+    except Exception:
+        # A claimed page then fails on the same error, and its claims are counted.
+        log.warning("engine.load_failed", engine=name, exc_info=True)
+        return 1
     return max(1, int(getattr(engine, "max_batch_pages", 1)))
 
 
