@@ -28,7 +28,7 @@ class BatchUpload:
 
 
 class _BatchFormReader(_FormReader):
-    """Starts a new Upload at each file part instead of refusing a second one."""
+    """Collects each file part into a new Upload, where the single-file reader rejects a second."""
 
     def __init__(self, batch: BatchUpload, max_file_bytes: int, max_files: int) -> None:
         super().__init__(Upload(), None, max_file_bytes)

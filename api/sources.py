@@ -17,8 +17,8 @@ from api.errors import ApiError
 from core.errors import InputError
 from core.inputs import SOURCE_S3, SOURCE_URL
 
-# A JSON body names documents, it never holds one, so a small cap is enough (a batch of
-# OCRQ_MAX_BATCH_JOBS URLs fits).
+# A JSON body names documents but never contains one, so a small cap is enough: a batch of
+# 1000 URLs of 2048 characters fits.
 MAX_JSON_BODY_BYTES = 4 * 1024 * 1024
 SOURCE_KEYS = (SOURCE_URL, SOURCE_S3)
 

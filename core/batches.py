@@ -1,9 +1,9 @@
 """Batches: many documents submitted together with shared options, one job each.
 
-A batch is all or nothing at intake. Every document is checked first (an upload inspected, a
-URL or S3 source checked); if any one is refused, the whole batch is rejected with 422 naming
-the document's index and its error code, and nothing is stored. A client can then fix or drop
-that document and send the batch again, instead of tracking which half was accepted. Then the
+A batch is all or nothing at intake. Every document is checked first: an upload is inspected,
+a URL or S3 source is checked. If any one fails, the whole batch is rejected with 422 naming
+the document's index and its error code, and nothing is stored. So a client fixes or drops
+that document and sends the batch again, instead of tracking which half was accepted. Then the
 uploads are stored, the batch row and every job row commit in one transaction, and the jobs are
 enqueued. When the last job ends, core.outbox.maybe_complete_batch completes the batch and
 records batch.completed.
@@ -91,7 +91,7 @@ class BatchService:
         """Check every document, store them, commit the batch with its jobs, enqueue the jobs.
 
         Raises InputError (422) for a bad option, too many or no documents, or the first
-        document refused (its index and code in the message); nothing is stored then.
+        document rejected (its index and code in the message). Nothing is stored then.
         """
         self._check_request(documents, options)
         prepared = [self._prepare(index, document) for index, document in enumerate(documents)]
@@ -222,14 +222,14 @@ class BatchService:
             raise InputError(message, code="invalid_priority")
 
     def _prepare(self, index: int, document: BatchDocument) -> PreparedInput:
-        """Check one document; a refusal names the document's index and keeps its code."""
+        """Check one document; an InputError is raised again naming the document's index."""
         try:
             if document.source is not None:
                 return prepare_source(document.source, self.settings)
             assert document.path is not None
             return prepare_upload(document.path, Limits.from_settings(self.settings))
         except InputError as exc:
-            message = f"Document {index} of the batch was refused ({exc.code}): {exc.message}"
+            message = f"Document {index} of the batch was rejected ({exc.code}): {exc.message}"
             raise InputError(message, code=exc.code, http_status=422) from exc
 
     def _insert(

@@ -1,8 +1,8 @@
 """Where a job's document comes from: an upload, a URL or an S3 object, and how it is prepared.
 
 An upload is inspected at intake and stored at once. A URL or an S3 object is only checked at
-intake (the SSRF guard, the bucket allow-list), so a bad one is refused before anything is
-stored; the worker downloads it with fetch_source() and inspects it there.
+intake (the SSRF guard, the bucket allow-list), so a bad one is rejected before anything is
+stored. The worker downloads it with fetch_source() and inspects it there.
 
 A password-protected PDF is stored decrypted: the password opens it once at intake, PDFium
 saves a copy without security, and the job's source records {"pdf_decrypted": true}. So the
@@ -98,7 +98,7 @@ def parse_source(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_source(source: Mapping[str, Any], settings: Settings) -> None:
-    """Refuse a URL the SSRF guard blocks, or an S3 bucket not in OCRQ_S3_INPUT_BUCKETS.
+    """Reject a URL the SSRF guard blocks, or an S3 bucket not in OCRQ_S3_INPUT_BUCKETS.
 
     Raises InputError invalid_url or url_not_allowed (422) from core.ssrf, or
     bucket_not_allowed (422).
@@ -177,7 +177,7 @@ def decrypt_pdf(path: Path, password: str) -> bytes:
 def fetch_source(source: Mapping[str, Any], dest: Path, settings: Settings) -> int:
     """Download a URL or S3 source to `dest` within OCRQ_MAX_FILE_BYTES; return its size.
 
-    Raises InputError for a refused or missing input, and TransientError for network
+    Raises InputError for a rejected or missing input, and TransientError for network
     failures and timeouts, which a later attempt may get past.
     """
     if source["type"] == SOURCE_URL:

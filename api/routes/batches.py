@@ -130,7 +130,7 @@ _BATCH_NOT_FOUND: dict[int | str, dict[str, Any]] = {
         422: {
             "model": ErrorBody,
             "description": (
-                "a document was refused (the message names its index; code as for one job), "
+                "a document was rejected (the message names its index; code as for one job), "
                 "a bad option, or not 1 to OCRQ_MAX_BATCH_JOBS documents; nothing is stored"
             ),
         },
@@ -144,7 +144,7 @@ async def create_batch(
 ) -> JSONResponse:
     """Accept many documents (multipart `file` parts, or JSON `sources`) as one batch.
 
-    Every document is checked before anything is stored: one refused document rejects the
+    Every document is checked before anything is stored: one rejected document rejects the
     whole batch (422, its index in the message), so a batch is never half accepted.
     """
     batches = BatchService(service)
@@ -240,7 +240,7 @@ def _parse_json_batch(body: dict[str, Any]) -> tuple[list[BatchDocument], BatchO
         try:
             documents.append(BatchDocument(source=parse_source(item)))
         except InputError as exc:
-            message = f"Document {index} of the batch was refused ({exc.code}): {exc.message}"
+            message = f"Document {index} of the batch was rejected ({exc.code}): {exc.message}"
             raise InputError(message, code=exc.code) from exc
     return documents, options
 
