@@ -13,19 +13,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.db import Database, upgrade_database
 from core.jobs import JobService, as_utc
+from core.scheduling import PAGE_LEASE_TTL_S
 from core.settings import Settings
 from core.states import JobStatus, PageStatus
 from core.storage import open_storage
-from core.tables import Page, Tenant, WebhookDelivery
+from core.tables import Job, Page, Tenant, WebhookDelivery, utcnow
 from tests.conftest import PostgresServer
 
 pytestmark = pytest.mark.services
@@ -216,3 +218,32 @@ def test_cancel_stops_a_running_job_between_pages(
         )
     assert events == ["job.canceled"]
     print(f"canceled at {canceled.pages_done} of 8 pages")
+
+
+def test_page_cut_off_by_sigkill_runs_again_after_sweep(
+    service: JobService, start_worker: WorkerStarter, tmp_path: Path
+) -> None:
+    first = start_worker(delay_s=1.5)
+    job = service.create_job(write_document(tmp_path / "doc", pages=3))
+
+    def page_running() -> bool:
+        return any(row.status == PageStatus.RUNNING for row in page_rows(service, job.id))
+
+    wait_until(page_running, first)
+    first.kill()
+    first.wait()
+    cut_off = next(row for row in page_rows(service, job.id) if row.status == PageStatus.RUNNING)
+    # Ages the dead worker's heartbeats past the lease instead of waiting PAGE_LEASE_TTL_S.
+    stale = utcnow() - timedelta(seconds=PAGE_LEASE_TTL_S + 1)
+    with service.database.session() as session:
+        session.execute(update(Page).where(Page.job_id == job.id).values(heartbeat_at=stale))
+        session.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=stale))
+
+    second = start_worker(delay_s=0.1)
+    service.sweep()
+    wait_until(lambda: JobStatus(service.get_job(job.id).status).is_final, second)
+
+    rows = page_rows(service, job.id)
+    assert service.get_job(job.id).status == JobStatus.SUCCEEDED
+    assert [row.status for row in rows] == [PageStatus.SUCCEEDED] * 3
+    assert rows[cut_off.page_index].lease_token == cut_off.lease_token + 1
