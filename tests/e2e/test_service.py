@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from core.db import Database
 from core.jobs import as_utc
-from core.tables import Job, Page
+from core.tables import Page
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.services
@@ -59,15 +59,6 @@ def page_rows(database_url: str, job_id: str) -> list[Page]:
         rows = list(session.scalars(statement))
     database.dispose()
     return rows
-
-
-def job_row(database_url: str, job_id: str) -> Job:
-    database = Database(database_url)
-    with database.session() as session:
-        job = session.get(Job, job_id)
-    database.dispose()
-    assert job is not None
-    return job
 
 
 def stored_object(stack: Stack, key: str) -> bytes:
@@ -129,7 +120,8 @@ def test_service_runs_corpus_concurrently(
 def test_worker_crash_resumes_job_without_duplicate_pages(stack: Stack, corpus_dir: Path) -> None:
     """A worker killed mid-job (SIGKILL to its group) leaves the job to the next worker.
 
-    The new attempt keeps the pages written before the crash and writes each page once.
+    The pages written before the crash are kept, a page cut off is claimed again once its
+    heartbeat is stale, and each page is written once.
     """
     stack.env["OCRQ_TASK_TIME_LIMIT_S"] = str(CRASH_TASK_TIME_LIMIT_S)
     stack.start_api()
@@ -161,7 +153,8 @@ def test_worker_crash_resumes_job_without_duplicate_pages(stack: Stack, corpus_d
     assert job["pages_done"] == job["pages_total"]
     rows = page_rows(stack.database_url, job_id)
     assert [row.page_index for row in rows] == list(range(job["pages_total"]))
-    assert job_row(stack.database_url, job_id).attempt >= 2
+    # A page cut off by the kill is claimed once more; the kill may also fall between pages.
+    assert all(row.lease_token in (1, 2) for row in rows)
     kept = [row for row in rows if (as_utc(row.finished_at) or killed_at) < killed_at]
     assert len(kept) >= pages_before_crash
     assert all(row.attempts == 1 for row in kept)
