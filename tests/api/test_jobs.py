@@ -215,10 +215,22 @@ def test_create_job_requires_file_part(make_client: Callable[..., TestClient]) -
 
 
 def test_create_job_rejects_non_multipart_body(make_client: Callable[..., TestClient]) -> None:
-    response = make_client().post("/v1/jobs", json={"file": "abc"})
+    response = make_client().post(
+        "/v1/jobs", content=b"abc", headers={"Content-Type": "text/plain"}
+    )
 
     assert response.status_code == 415
     assert response.json()["detail"]["code"] == "unsupported_request_type"
+
+
+def test_create_job_rejects_json_body_with_file_field(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A JSON body names a document by url or s3; it cannot carry the file itself."""
+    response = make_client().post("/v1/jobs", json={"file": "abc"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"]["code"] == "unknown_field"
 
 
 def test_create_job_replays_idempotency_key(
