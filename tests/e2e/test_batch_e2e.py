@@ -22,7 +22,7 @@ WORDS = ("invoice", "harbour", "quartz", "meadow", "lantern")
 
 
 def write_word_pngs(folder: Path, count: int) -> list[Path]:
-    """Write `count` 200x60 PNGs, each with one word, so the engine reads them in milliseconds."""
+    """Write `count` 200x60 PNGs with one word each, small so the batch stays quick to read."""
     font = ImageFont.load_default(size=28)
     paths = []
     for index in range(count):
