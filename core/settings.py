@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # Most pages of one tenant running at once on all workers together (fair share); a
     # tenant's own tenants.max_pages_in_flight overrides it.
     tenant_max_pages_in_flight: int = Field(default=8, ge=1)
+    # The sweeper sends a wake message (ocrq.process_page) for each pending page of a running
+    # job that has shown no activity for this long, so a lost message never strands a page; it
+    # also runs at least this often. 0 turns the wake-up off.
+    page_wake_after_s: int = Field(default=30, ge=0)
     debug: bool = False
     log_level: str = "INFO"
 
