@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.celery_app import (
@@ -65,6 +65,9 @@ LEASE_TTL_S = 90
 # A queued job is re-enqueued by sweep() only after this grace, so a create_job() that is
 # still between its commit and its enqueue is not sent twice.
 SWEEP_GRACE_S = 30
+# Most wake messages one sweep sends; the next sweep sends the rest. Wake messages are
+# idempotent (each claims the best page, or finds none and ends), so a surplus costs one query.
+PAGE_WAKE_MAX_PER_SWEEP = 200
 
 log = get_logger(__name__)
 
@@ -362,6 +365,13 @@ class JobService:
             previous = job.status
             job.status = JobStatus.CANCELED
             job.finished_at = utcnow()
+            # No page of the job may start now; a running page's writes are fenced off.
+            session.execute(
+                update(Page)
+                .where(Page.job_id == job.id)
+                .where(Page.status.in_([PageStatus.PENDING, PageStatus.RUNNING]))
+                .values(status=PageStatus.CANCELED, heartbeat_at=None)
+            )
             # The job.canceled webhook commits with the status change.
             record_job_finished(session, job.id, self.settings)
         log.info("job.canceled", job_id=job_id, previous_status=previous)
@@ -421,10 +431,8 @@ class JobService:
             .where(Page.job_id == Job.id, Page.status == PageStatus.PENDING)
             .exists()
         )
-        # Pending pages wait for their messages in the broker, which restores a lost delivery
-        # after its visibility timeout; only a job quiet for longer has its pages sent again.
-        # TODO: pages of a job whose first attempt died between planning and sending them
-        # also wait that long (3 x OCRQ_TASK_TIME_LIMIT_S).
+        # Pending pages of a quiet job get wake messages below (OCRQ_PAGE_WAKE_AFTER_S); the
+        # job itself is planned again only when it stayed quiet past the visibility timeout.
         quiet_s = VISIBILITY_TIMEOUT_FACTOR * self.settings.task_time_limit_s
         replan = abandoned & ~page_live & (
             ~page_pending | (Job.heartbeat_at < now - timedelta(seconds=quiet_s))
@@ -435,13 +443,15 @@ class JobService:
             )
             job_ids = list(session.scalars(statement))
             # Pages whose worker died mid-page: one new page message each.
-            stale_pages = session.execute(
+            stale_pages: list[Any] = session.execute(
                 select(Page.job_id, func.count())
                 .join(Job, Job.id == Page.job_id)
                 .where(Job.status == JobStatus.RUNNING, Page.status == PageStatus.RUNNING)
                 .where(claimable(now))
                 .group_by(Page.job_id)
-            ).all()
+            ).all()  # type: ignore[assignment]
+            # Pending pages whose wake message may be lost: one more message each.
+            stale_pages += self._unwoken_pages(session, now)
 
         sent = [job_id for job_id in job_ids if self.enqueue(job_id)]
         for job_id, count in stale_pages:
@@ -462,6 +472,35 @@ class JobService:
 
         expire_results(self.database, self.storage, self.settings.result_retention_s, now)
         return sent
+
+    def _unwoken_pages(self, session: Session, now: datetime) -> list[tuple[str, int]]:
+        """Return (job_id, count) of pending pages whose job was quiet for OCRQ_PAGE_WAKE_AFTER_S.
+
+        A page's wake message can be lost: a worker killed with messages prefetched (Redis
+        restores them only after its visibility timeout), a job task that died between planning
+        its pages and sending them, a re-send the broker refused. A job shows activity through
+        jobs.heartbeat_at, which its attempt and each of its pages refresh.
+        """
+        wake_after_s = self.settings.page_wake_after_s
+        if wake_after_s <= 0:
+            return []
+        quiet = now - timedelta(seconds=wake_after_s)
+        rows = session.execute(
+            select(Page.job_id, func.count())
+            .join(Job, Job.id == Page.job_id)
+            .where(Job.status == JobStatus.RUNNING, Page.status == PageStatus.PENDING)
+            .where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < quiet))
+            .group_by(Page.job_id, Job.created_at)
+            .order_by(Job.created_at)
+        ).all()
+        woken: list[tuple[str, int]] = []
+        budget = PAGE_WAKE_MAX_PER_SWEEP
+        for job_id, count in rows:
+            if budget <= 0:
+                break
+            woken.append((job_id, min(int(count), budget)))
+            budget -= int(count)
+        return woken
 
 
 def _load_job(
