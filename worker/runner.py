@@ -149,9 +149,12 @@ def warm_up() -> None:
         log.exception("engine.load_failed", engine=context.settings.engine)
 
 
-def start_sweeper(settings: Settings, interval_s: float = SWEEP_INTERVAL_S) -> threading.Event:
-    """Run JobService.sweep() and wake_if_due() every `interval_s` in a daemon thread.
+def start_sweeper(settings: Settings, interval_s: float | None = None) -> threading.Event:
+    """Run JobService.sweep() and wake_if_due() at once, then every `interval_s`, in a thread.
 
+    `interval_s` defaults to SWEEP_INTERVAL_S, or OCRQ_PAGE_WAKE_AFTER_S when that is shorter,
+    so a page whose wake message was lost waits at most about twice that setting. The first
+    round at start-up wakes the pages that a restarted worker's lost messages left behind.
     Set the returned event to stop it.
 
     Every worker runs one; two sweepers sending the same job is harmless because the
@@ -160,8 +163,14 @@ def start_sweeper(settings: Settings, interval_s: float = SWEEP_INTERVAL_S) -> t
     stop = threading.Event()
     service = JobService.open(settings)
 
+    period_s = SWEEP_INTERVAL_S if interval_s is None else interval_s
+    if interval_s is None and settings.page_wake_after_s > 0:
+        period_s = min(period_s, float(settings.page_wake_after_s))
+
     def loop() -> None:
-        while not stop.wait(interval_s):
+        delay_s = 0.0
+        while not stop.wait(delay_s):
+            delay_s = period_s
             try:
                 service.sweep()
                 wake_if_due(settings, service.database)
