@@ -15,6 +15,7 @@ from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready
 
 from core.celery_app import TASK_PROCESS_JOB, TASK_PROCESS_PAGE, enqueue_pages
+from core.errors import TransientError
 from core.settings import get_settings
 from worker import runner
 from worker.pages import process_next
@@ -74,7 +75,12 @@ def register_tasks(app: Celery, *, warm_up: bool = True) -> None:
             return outcome.job_status or "ran"
         if outcome.waiting:
             time.sleep(FAIR_SHARE_WAIT_S)
-            enqueue_pages(job_id, 1, context.settings)
+            try:
+                enqueue_pages(job_id, 1, context.settings)
+            except TransientError as exc:
+                # This message must not end without a successor, or a waiting page loses its
+                # wake-up until the sweeper's next round.
+                raise self.retry(exc=exc, countdown=PAGE_RETRY_DELAY_S, max_retries=None) from exc
             return "deferred"
         return "idle"
 
