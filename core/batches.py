@@ -32,7 +32,9 @@ from core.jobs import (
     DEFAULT_MODE,
     DEFAULT_TASK,
     JobService,
+    cancel_pages,
     check_job_options,
+    check_webhook_url,
     isoformat,
     job_to_dict,
 )
@@ -199,6 +201,7 @@ class BatchService:
                 for job in unfinished:
                     job.status = JobStatus.CANCELED
                     job.finished_at = now
+                    cancel_pages(session, job.id)
                     record_job_event(session, job, self.settings)
                     canceled += 1
                 batch.status = BATCH_CANCELED
@@ -216,7 +219,14 @@ class BatchService:
                 f"got {len(documents)}."
             )
             raise InputError(message, code="batch_size_invalid")
-        check_job_options(self.settings.engine, options.mode, options.task, options.target)
+        check_job_options(
+            self.settings.engine,
+            options.mode,
+            options.task,
+            options.target,
+            model_path=self.settings.model_path,
+        )
+        check_webhook_url(options.webhook_url, self.settings)
         if options.priority not in MESSAGE_PRIORITIES:
             message = f"Expected priority high, normal or low, got {options.priority!r}."
             raise InputError(message, code="invalid_priority")

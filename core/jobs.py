@@ -27,7 +27,7 @@ from core.celery_app import (
 )
 from core.db import Database
 from core.documents import Limits
-from core.errors import ConflictError, InputError, NotFoundError, OcrError
+from core.errors import ConflictError, InputError, NotFoundError, OcrError, TransientError
 from core.idempotency_store import (
     IdempotentRequest,
     create_or_replay,
@@ -39,6 +39,7 @@ from core.logging import get_logger
 from core.outbox import record_job_finished
 from core.scheduling import claimable, in_flight
 from core.settings import Settings
+from core.ssrf import check_url, parse_allowlist
 from core.states import JobStatus, PageStatus
 from core.storage import Storage, input_key, job_prefixes, open_storage
 from core.tables import Job, Page, new_id, utcnow
@@ -151,8 +152,24 @@ def build_result(job_id: str, pages: Sequence[Page]) -> dict[str, Any]:
     }
 
 
-def check_job_options(engine: str, mode: str, task: str, target: str | None) -> None:
-    """Raise InputError (422) when an engine, mode, task or locate target is invalid."""
+def resolve_engine(engine: str, model_path: Path | None) -> str:
+    """Return the concrete engine: auto means deepseek-ocr when weights are set, else rapidocr.
+
+    The same rule as models.registry.resolve_engine_name (core may not import models), so the
+    API, which shares the worker's engine settings, judges a job as the worker will run it.
+    """
+    if engine == "auto":
+        return "deepseek-ocr" if model_path is not None else "rapidocr"
+    return engine
+
+
+def check_job_options(
+    engine: str, mode: str, task: str, target: str | None, *, model_path: Path | None
+) -> None:
+    """Raise InputError (422) when an engine, mode, task or locate target is invalid.
+
+    `model_path` is OCRQ_MODEL_PATH, which decides what engine auto resolves to.
+    """
     choices = {
         "engine": (engine, JOB_ENGINES),
         "mode": (mode, JOB_MODES),
@@ -165,10 +182,46 @@ def check_job_options(engine: str, mode: str, task: str, target: str | None) -> 
     if task == "locate" and not (target and target.strip()):
         message = "Expected a target phrase for task 'locate', got none."
         raise InputError(message, code="missing_target", http_status=422)
-    # Only an explicit rapidocr is checked: "auto" resolves in the worker, whose settings decide.
-    if engine == "rapidocr" and task not in RAPIDOCR_TASKS:
+    if resolve_engine(engine, model_path) == "rapidocr" and task not in RAPIDOCR_TASKS:
         message = f"Expected task {', '.join(RAPIDOCR_TASKS)} for engine rapidocr, got {task!r}."
+        if engine == "auto":
+            message += " Engine auto means rapidocr here because OCRQ_MODEL_PATH is not set."
         raise InputError(message, code="unsupported_task", http_status=422)
+
+
+def cancel_pages(session: Session, job_id: str) -> None:
+    """Mark the job's pending and running pages canceled, in the caller's cancel transaction.
+
+    No page of the job may start after this, and a running page's writes are fenced off by
+    its job's status, so no page row of a canceled job stays pending.
+    """
+    session.execute(
+        update(Page)
+        .where(Page.job_id == job_id)
+        .where(Page.status.in_([PageStatus.PENDING, PageStatus.RUNNING]))
+        .values(status=PageStatus.CANCELED, heartbeat_at=None)
+    )
+
+
+def check_webhook_url(url: str | None, settings: Settings) -> None:
+    """Raise InputError (422) when a job's or batch's webhook_url fails the SSRF guard.
+
+    The codes are core.ssrf's: invalid_url, url_not_allowed (loopback, private, link-local and
+    metadata addresses, unless OCRQ_URL_ALLOWLIST names them) and url_fetch_failed (a host
+    that does not resolve). A temporary DNS failure passes: each delivery checks again.
+    """
+    if not url:
+        return
+    try:
+        check_url(url, parse_allowlist(settings.url_allowlist))
+    except TransientError:
+        return
+    except UnicodeError as exc:
+        # getaddrinfo raises this for host names that IDNA cannot encode (empty labels, ...).
+        message = f"Expected a webhook_url with a valid host name, got {url[:200]!r}."
+        raise InputError(message, code="invalid_url") from exc
+    except InputError as exc:
+        raise InputError(f"webhook_url: {exc.message}", code=exc.code, http_status=422) from exc
 
 
 class JobService:
@@ -216,7 +269,8 @@ class JobService:
         `password` is never stored: a PDF it opens is stored decrypted (core.inputs).
         """
         engine = engine or self.settings.engine
-        check_job_options(engine, mode, task, target)
+        check_job_options(engine, mode, task, target, model_path=self.settings.model_path)
+        check_webhook_url(webhook_url, self.settings)
         if priority not in MESSAGE_PRIORITIES:
             message = f"Expected priority high, normal or low, got {priority!r}."
             raise InputError(message, code="invalid_priority", http_status=422)
@@ -365,13 +419,7 @@ class JobService:
             previous = job.status
             job.status = JobStatus.CANCELED
             job.finished_at = utcnow()
-            # No page of the job may start now; a running page's writes are fenced off.
-            session.execute(
-                update(Page)
-                .where(Page.job_id == job.id)
-                .where(Page.status.in_([PageStatus.PENDING, PageStatus.RUNNING]))
-                .values(status=PageStatus.CANCELED, heartbeat_at=None)
-            )
+            cancel_pages(session, job.id)
             # The job.canceled webhook commits with the status change.
             record_job_finished(session, job.id, self.settings)
         log.info("job.canceled", job_id=job_id, previous_status=previous)
