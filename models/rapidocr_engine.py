@@ -42,6 +42,8 @@ class RapidOcrEngine:
     """RapidOCR line detection and recognition on CPU, with markdown in reading order."""
 
     name = "rapidocr"
+    # The tasks run_pages accepts; a worker fails a job asking for another before its pages.
+    supported_tasks = _SUPPORTED_TASKS
 
     def __init__(
         self,

@@ -277,6 +277,7 @@ def run_attempt(
 
         info = inspect_document(path, limits, password)
         engine = context.engines(lease.engine)
+        check_engine_task(engine, lease.options.task)
         done = start_attempt(context, lease, info.page_count, engine.name)
         log.info("attempt.started", pages=info.page_count, pages_done=len(done), engine=engine.name)
 
@@ -301,6 +302,18 @@ def run_attempt(
         ).ran:
             check_lease(context, lease)
         return finish_planned_job(context, lease.job_id) or current_status(context, lease.job_id)
+
+
+def check_engine_task(engine: Engine, task: str) -> None:
+    """Raise InputError unsupported_task when the engine cannot run `task` on any page.
+
+    An engine lists its tasks in `supported_tasks`; one without the attribute runs them all.
+    The job then fails once, with no retry and no page tried.
+    """
+    supported = getattr(engine, "supported_tasks", None)
+    if supported is not None and task not in supported:
+        message = f"Expected task {', '.join(supported)} for engine {engine.name}, got {task!r}."
+        raise InputError(message, code="unsupported_task")
 
 
 def start_attempt(
