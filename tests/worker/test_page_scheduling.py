@@ -193,7 +193,9 @@ def test_cancel_stops_a_running_job_between_pages(
     service: JobService, start_worker: WorkerStarter, tmp_path: Path
 ) -> None:
     worker = start_worker(delay_s=0.4)
-    job = service.create_job(
+    # The SSRF guard refuses a loopback webhook_url at submission unless it is allowed.
+    allowed = service.settings.model_copy(update={"url_allowlist": "127.0.0.1"})
+    job = JobService(allowed, service.database, service.storage).create_job(
         write_document(tmp_path / "doc", pages=8), webhook_url="http://127.0.0.1:9/hook"
     )
     wait_until(lambda: service.get_job(job.id).pages_done >= 2, worker)
@@ -207,6 +209,7 @@ def test_cancel_stops_a_running_job_between_pages(
     succeeded = [row for row in rows if row.status == PageStatus.SUCCEEDED]
     assert final.status == JobStatus.CANCELED
     assert len(succeeded) == canceled.pages_done == final.pages_done < 8
+    assert PageStatus.PENDING not in {row.status for row in rows}
     finished_at = as_utc(final.finished_at)
     assert finished_at is not None
     assert all(as_utc(row.started_at) <= finished_at for row in rows if row.started_at)

@@ -1,0 +1,82 @@
+"""Submission refuses what the worker could never do: an unsupported task, a blocked webhook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.api.test_batches import png, post_files
+from tests.api.test_jobs import submit
+
+
+def test_auto_engine_without_model_refuses_figure_task(
+    make_client: Callable[..., TestClient], corpus_dir: Path, broker_queue: Callable[[], list[str]]
+) -> None:
+    client = make_client(engine="auto", model_path=None)
+
+    response = submit(client, corpus_dir / "phototest.tif", task="figure")
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "unsupported_task"
+    assert "OCRQ_MODEL_PATH" in response.json()["detail"]["message"]
+    assert broker_queue() == []
+
+
+def test_auto_engine_with_model_accepts_figure_task(
+    make_client: Callable[..., TestClient], corpus_dir: Path, tmp_path: Path
+) -> None:
+    client = make_client(engine="auto", model_path=tmp_path)
+
+    response = submit(client, corpus_dir / "phototest.tif", task="figure")
+
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("http://127.0.0.1:9/hook", "url_not_allowed"),
+        ("http://169.254.169.254/latest", "url_not_allowed"),
+        ("http://10.1.2.3/hook", "url_not_allowed"),
+        ("http://localhost/hook", "url_not_allowed"),
+        # The route's own shape check answers before the SSRF guard.
+        ("ftp://example.com/hook", "invalid_webhook_url"),
+    ],
+)
+def test_job_webhook_url_is_checked_at_submission(
+    make_client: Callable[..., TestClient],
+    corpus_dir: Path,
+    broker_queue: Callable[[], list[str]],
+    url: str,
+    code: str,
+) -> None:
+    response = submit(make_client(), corpus_dir / "phototest.tif", webhook_url=url)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == code
+    assert broker_queue() == []
+
+
+def test_job_webhook_url_on_allowlist_is_accepted(
+    make_client: Callable[..., TestClient], corpus_dir: Path
+) -> None:
+    client = make_client(url_allowlist="127.0.0.1")
+
+    response = submit(client, corpus_dir / "phototest.tif", webhook_url="http://127.0.0.1:9/hook")
+
+    assert response.status_code == 202, response.text
+
+
+def test_batch_webhook_url_is_checked_at_submission(
+    make_client: Callable[..., TestClient], make_page_image: Callable[..., Image.Image]
+) -> None:
+    response = post_files(
+        make_client(), [png(make_page_image)], webhook_url="http://169.254.169.254/hook"
+    )
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "url_not_allowed"
