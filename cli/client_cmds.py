@@ -39,6 +39,11 @@ def _print_json(value: Any) -> None:
 @click.option("--mode", default=None, help="Resolution mode: tiny, small, base, large or gundam.")
 @click.option("--task", default=None, help="Task: markdown, ocr, free, figure, describe or locate.")
 @click.option("--target", default=None, help="The phrase to find when --task is locate.")
+@click.option(
+    "--password",
+    default=None,
+    help="Password of an encrypted PDF; the API decrypts it at intake and never stores it.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and print its markdown.")
 @click.option(
     "--timeout",
@@ -49,11 +54,17 @@ def _print_json(value: Any) -> None:
     help="With --wait, seconds to wait before giving up.",
 )
 def submit(
-    file: Path, mode: str | None, task: str | None, target: str | None, wait: bool, timeout_s: float
+    file: Path,
+    mode: str | None,
+    task: str | None,
+    target: str | None,
+    password: str | None,
+    wait: bool,
+    timeout_s: float,
 ) -> None:
     """Submit FILE as a job; print the job as JSON, or with --wait its markdown."""
     with _api_client() as client:
-        job = client.submit(file, mode=mode, task=task, target=target)
+        job = client.submit(file, mode=mode, task=task, target=target, password=password)
         if not wait:
             _print_json(job)
             return
