@@ -40,7 +40,11 @@ TASKS = ("markdown", "ocr", "free", "figure", "describe", "locate")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write {stem}.md, {stem}.json and figures/ into this folder instead of stdout.",
+    help=(
+        "Write NAME.md, NAME.json and figures/NAME/ into this folder instead of stdout. NAME is "
+        "the file's stem, or STEM-2, STEM-3, ... when an earlier input of the run or a file "
+        "already in the folder has it; nothing is overwritten."
+    ),
 )
 @click.option("--password", help="Password of encrypted PDFs.")
 @click.option("--sample", is_flag=True, help="Also read the bundled sample page (phototest.tif).")
@@ -62,7 +66,8 @@ def run(
     """Run OCR on FILE... in this process and print the markdown."""
     from core.celery_app import set_embedded_runner
     from core.db import upgrade_database
-    from core.jobs import JobService
+    from core.errors import InputError
+    from core.jobs import JobService, check_job_options
     from core.logging import configure_logging
     from core.settings import load_settings
     from worker.runner import build_context, run_job_inline
@@ -74,6 +79,11 @@ def run(
     settings = load_settings().model_copy(update={"broker_url": None})
     if engine:
         settings = settings.model_copy(update={"engine": engine})
+    try:
+        check_job_options(settings.engine, mode, task, target, model_path=settings.model_path)
+    except InputError as exc:
+        # One line before any work, instead of the same failure once per file.
+        raise click.ClickException(f"{exc.message} (code {exc.code})") from exc
     configure_logging("INFO" if verbose else "WARNING")
     upgrade_database(settings.resolved_database_url)
     context = build_context(settings)
@@ -84,11 +94,13 @@ def run(
     progress = _Progress()
 
     def run_inline(job_id: str) -> None:
+        progress.update(0, service.get_job(job_id).pages_total or 0)
         run_job_inline(job_id, context, password=password, on_page=progress.update)
 
     set_embedded_runner(run_inline)
     failures = 0
     outputs: list[tuple[Path, dict[str, Any]]] = []
+    taken: set[str] = set()
     try:
         for path in paths:
             result = _run_one(service, path, engine, mode, task, target, password, progress)
@@ -97,7 +109,7 @@ def run(
                 continue
             outputs.append((path, result))
             if out is not None:
-                _write_outputs(service, out, path, result)
+                _write_outputs(service, out, path, result, taken)
             if not keep:
                 service.delete_job(result["job_id"])
     finally:
@@ -126,12 +138,10 @@ class _Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            # The bar appears after the first page, which counts as its start, not its rate.
-            self.bar = tqdm(
-                total=pages_total, initial=pages_done, desc=self.name, unit="page", file=sys.stderr
-            )
-            return
-        self.bar.update(pages_done - self.bar.n)
+            # The job's start calls this with 0 pages done, so the bar starts at 0.
+            self.bar = tqdm(total=pages_total, desc=self.name, unit="page", file=sys.stderr)
+        if pages_done > self.bar.n:
+            self.bar.update(pages_done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -165,7 +175,10 @@ def _run_one(
             password=password,
         )
     except OcrError as exc:
-        click.echo(f"error: {path}: {exc.message} (code {exc.code})", err=True)
+        message = exc.message
+        if exc.code == "pdf_password_required":
+            message = "The PDF is protected by a user password; pass it with --password."
+        click.echo(f"error: {path}: {message} (code {exc.code})", err=True)
         return None
     finally:
         progress.close()
@@ -180,24 +193,49 @@ def _run_one(
     return service.get_result(job.id)
 
 
-def _write_outputs(service: JobService, out: Path, path: Path, result: dict[str, Any]) -> None:
-    """Write {stem}.md, {stem}.json and the figure crops under `out`."""
+def _write_outputs(
+    service: JobService, out: Path, path: Path, result: dict[str, Any], taken: set[str]
+) -> None:
+    """Write NAME.md, NAME.json and the figure crops under `out`/figures/NAME/.
+
+    NAME is the first of STEM, STEM-2, STEM-3, ... that no earlier input of this run took and
+    no file in `out` has, so two inputs named x.tif and x.pdf never overwrite each other.
+    The markdown's figure links point into figures/NAME/.
+    """
     from core.storage import figure_key
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{path.stem}.md").write_text(result["markdown"] + "\n", encoding="utf-8")
-    (out / f"{path.stem}.json").write_text(
+    name = _output_name(out, path.stem, taken)
+    if name != path.stem:
+        click.echo(f"note: {path}: written as {name}.md, {path.stem}.md is taken", err=True)
+    markdown = result["markdown"].replace("](figures/", f"](figures/{name}/")
+    (out / f"{name}.md").write_text(markdown + "\n", encoding="utf-8")
+    (out / f"{name}.json").write_text(
         json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
 
-    # NOTE: figure names are `{page}_{k}.jpg` per document, so two input files written to the
-    # same --out folder overwrite each other's figures.
     names = service.list_figures(result["job_id"])
     if names:
-        (out / "figures").mkdir(exist_ok=True)
-    for name in names:
-        data = service.storage.get_bytes(figure_key(result["job_id"], name))
-        (out / "figures" / name).write_bytes(data)
+        (out / "figures" / name).mkdir(parents=True, exist_ok=True)
+    for figure in names:
+        data = service.storage.get_bytes(figure_key(result["job_id"], figure))
+        (out / "figures" / name / figure).write_bytes(data)
+
+
+def _output_name(out: Path, stem: str, taken: set[str]) -> str:
+    """Return the first free output name for `stem`, and record it in `taken`."""
+    number = 1
+    name = stem
+    while (
+        name in taken
+        or (out / f"{name}.md").exists()
+        or (out / f"{name}.json").exists()
+        or (out / "figures" / name).exists()
+    ):
+        number += 1
+        name = f"{stem}-{number}"
+    taken.add(name)
+    return name
 
 
 def _print_outputs(outputs: list[tuple[Path, dict[str, Any]]], output_format: str) -> None:
