@@ -33,6 +33,11 @@ def _open_database() -> Iterator[Database]:
         upgrade_database(url)
     database = Database(url)
     try:
+        if not _has_tables(database):
+            message = (
+                f"the database at {database.safe_url} has no ocrq tables; run `ocrq migrate` first"
+            )
+            raise click.ClickException(message)
         yield database
     except SQLAlchemyError as exc:
         message = (
@@ -42,6 +47,15 @@ def _open_database() -> Iterator[Database]:
         raise click.ClickException(message) from exc
     finally:
         database.dispose()
+
+
+def _has_tables(database: Database) -> bool:
+    """Return whether the tables that the key commands use exist (`ocrq migrate` made them)."""
+    from sqlalchemy import inspect
+
+    with database.session() as session:
+        inspector = inspect(session.connection())
+        return all(inspector.has_table(name) for name in ("tenants", "api_keys"))
 
 
 def _format_time(moment: datetime | None) -> str:
