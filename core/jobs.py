@@ -66,7 +66,7 @@ LEASE_TTL_S = 90
 # A queued job is re-enqueued by sweep() only after this grace, so a create_job() that is
 # still between its commit and its enqueue is not sent twice.
 SWEEP_GRACE_S = 30
-# Most wake messages one sweep sends; the next sweep sends the rest. Wake messages are
+# Maximum wake messages that one sweep sends; the next sweep sends the rest. Wake messages are
 # idempotent (each claims the best page, or finds none and ends), so a surplus costs one query.
 PAGE_WAKE_MAX_PER_SWEEP = 200
 
@@ -479,8 +479,8 @@ class JobService:
             .where(Page.job_id == Job.id, Page.status == PageStatus.PENDING)
             .exists()
         )
-        # Pending pages of a quiet job get wake messages below (OCRQ_PAGE_WAKE_AFTER_S); the
-        # job itself is planned again only when it stayed quiet past the visibility timeout.
+        # Pending pages of a quiet job get wake messages below (OCRQ_PAGE_WAKE_AFTER_S). The
+        # job itself is planned again only after it stayed quiet past the visibility timeout.
         quiet_s = VISIBILITY_TIMEOUT_FACTOR * self.settings.task_time_limit_s
         replan = abandoned & ~page_live & (
             ~page_pending | (Job.heartbeat_at < now - timedelta(seconds=quiet_s))
