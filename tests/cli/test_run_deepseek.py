@@ -39,5 +39,6 @@ def test_run_out_writes_figures_beside_markdown(
 
     assert result.exit_code == 0, result.output
     markdown = (out / "phototest.md").read_text(encoding="utf-8")
-    assert "![](figures/0_0.jpg)" in markdown
-    assert (out / "figures" / "0_0.jpg").read_bytes().startswith(b"\xff\xd8")
+    # Each input's figures get a folder of their own, and its markdown links point there.
+    assert "![](figures/phototest/0_0.jpg)" in markdown
+    assert (out / "figures" / "phototest" / "0_0.jpg").read_bytes().startswith(b"\xff\xd8")

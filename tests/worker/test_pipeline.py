@@ -189,7 +189,12 @@ def test_cancel_stops_job_between_pages(
     assert outcome.status == JobStatus.CANCELED
     assert load_job(harness, job_id).status == JobStatus.CANCELED
     assert engine.calls == [0]
-    assert [row.status for row in page_rows(harness, job_id)] == ["succeeded", "pending", "pending"]
+    # The cancel ends the pages that had not started, so none stays pending.
+    assert [row.status for row in page_rows(harness, job_id)] == [
+        "succeeded",
+        "canceled",
+        "canceled",
+    ]
 
 
 class FlakyStorage:
