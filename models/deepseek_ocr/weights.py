@@ -26,7 +26,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.deepseek_ocr.config import ClipConfig, OcrConfig, SamConfig
-from models.deepseek_ocr.random_weights import skip_weight_init
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
@@ -228,7 +227,7 @@ def load_model(
     as fp32 in 54 s with a peak resident set of 14.9 GiB.
     NOTE: the CUDA path has not been run.
     """
-    from models.deepseek_ocr.model import DeepseekOcrForCausalLM
+    from models.deepseek_ocr.model import DeepseekOcrForCausalLM, skip_weight_init
 
     if dtype is None:
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32

@@ -12,9 +12,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from models.deepseek_ocr.config import OcrConfig
-from models.deepseek_ocr.model import DeepseekOcrForCausalLM
+from models.deepseek_ocr.model import DeepseekOcrForCausalLM, skip_weight_init
 from models.deepseek_ocr.preprocess import prepare_page
-from models.deepseek_ocr.random_weights import fill_random_weights, skip_weight_init
+from models.deepseek_ocr.random_weights import fill_random_weights
 from models.deepseek_ocr.weights import (
     INDEX_FILE,
     SINGLE_FILE,
