@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, Caller, CallerDep
 from api.batch_upload import read_batch_upload
 from api.deps import JobServiceDep
-from api.routes.jobs import API_PREFIX, parse_job_options
+from api.routes.jobs import API_PREFIX, POLL_RETRY_AFTER_S, parse_job_options
 from api.schemas import ErrorBody, JobPublic
 from api.sources import is_json_request, option_fields, read_json_object
 from core.batches import (
@@ -177,13 +177,20 @@ def read_batch(
     batch_id: str,
     service: JobServiceDep,
     caller: CallerDep,
+    response: Response,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
-    """Return the batch, its job counts per state and a page of its jobs."""
-    return BatchService(service).get_batch(
+    """Return the batch, its job counts per state and a page of its jobs.
+
+    A batch that is still running carries Retry-After, as a polled job does.
+    """
+    batch = BatchService(service).get_batch(
         batch_id, tenant_id=caller.tenant_id, limit=limit, cursor=cursor
     )
+    if batch["status"] == "running":
+        response.headers["Retry-After"] = str(POLL_RETRY_AFTER_S)
+    return batch
 
 
 @router.delete("/batches/{batch_id}", response_model=BatchPublic, responses=_BATCH_NOT_FOUND)
