@@ -87,6 +87,8 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
                 _add_error(responses, "415", _UNSUPPORTED_BODY)
             else:
                 _add_error(responses, "500", _COMMON_ERRORS["500"])
+                if "503" in responses:
+                    responses["503"].setdefault("headers", {})["Retry-After"] = RETRY_AFTER_HEADER
             _fix_error_media_types(responses)
 
             for status in _CREATED_RESPONSES.get((method, path), ()):
