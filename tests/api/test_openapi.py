@@ -122,3 +122,9 @@ def test_multipart_routes_list_415_and_400(document: dict[str, Any]) -> None:
             continue
         assert error_schema(operation["responses"].get("415", {})) == ERROR_BODY_REF, path
         assert error_schema(operation["responses"].get("400", {})) == ERROR_BODY_REF, path
+
+
+def test_readiness_failure_documents_retry_after(document: dict[str, Any]) -> None:
+    response = document["paths"]["/readyz"]["get"]["responses"]["503"]
+
+    assert "Retry-After" in response["headers"]

@@ -112,3 +112,22 @@ def test_result_links_on_file_storage_are_api_routes(
     assert links["expires_at"] is None
     for url in [links["result_json"], links["pages"][0]["url"], links["figures"][0]["url"]]:
         assert client.get(url).status_code == 200
+
+
+def test_running_batch_read_carries_retry_after(
+    make_client: Callable[..., TestClient], corpus_dir: Path
+) -> None:
+    """A polled batch says when to poll again, as a polled job does; the header is documented."""
+    client = make_client()
+    path = corpus_dir / "phototest.tif"
+    with path.open("rb") as handle:
+        batch = client.post("/v1/batches", files=[("file", (path.name, handle))]).json()
+
+    running = client.get(f"/v1/batches/{batch['id']}")
+    canceled = client.delete(f"/v1/batches/{batch['id']}")
+    ended = client.get(f"/v1/batches/{batch['id']}")
+
+    assert running.json()["status"] == "running"
+    assert int(running.headers["Retry-After"]) > 0
+    assert canceled.status_code == 200
+    assert "Retry-After" not in ended.headers
