@@ -25,8 +25,6 @@ import structlog
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core.celery_app import enqueue_pages
@@ -36,14 +34,12 @@ from core.errors import InputError, OcrError, TransientError
 from core.jobs import HEARTBEAT_INTERVAL_S, LEASE_TTL_S, as_utc, build_result
 from core.logging import get_logger
 from core.outbox import record_job_finished
-from core.results import store_page_json
 from core.settings import Settings
 from core.states import JobStatus, PageStatus, final_job_status
 from core.storage import Storage, figure_key, result_json_key, result_markdown_key
 from core.tables import Job, Page, utcnow
 from models.engine import Engine, PageInput, PageOptions, PageResult
 from worker.inputs import download_input
-from worker.rasterize import iter_pages
 
 FIGURE_JPEG_QUALITY = 90
 RETRY_BASE_DELAY_S = 10
@@ -332,30 +328,6 @@ def start_attempt(
         return set(session.scalars(statement))
 
 
-def rasterized_pages(
-    path: Path, limits: Limits, password: str | None, page_count: int, skip: set[int]
-) -> Iterator[tuple[int, Image.Image | None, InputError | None]]:
-    """Yield (index, image, None) for each page not in `skip`, or (index, None, error).
-
-    A page that fails to render fails alone: rendering resumes at the next page.
-    """
-    start = 0
-    while start < page_count:
-        while start in skip:
-            start += 1
-        if start >= page_count:
-            return
-        try:
-            for page in iter_pages(path, limits, password, start=start):
-                start = page.index + 1
-                if page.index not in skip:
-                    yield page.index, page.image, None
-            return
-        except InputError as exc:
-            yield start, None, exc
-            start += 1
-
-
 def read_batch(
     context: PipelineContext, lease: Lease, engine: Engine, batch: list[PageInput]
 ) -> list[dict[str, Any]]:
@@ -486,40 +458,6 @@ def failed_page_values(
         "started_at": started_at,
         "finished_at": utcnow(),
     }
-
-
-def write_page(
-    context: PipelineContext, lease: Lease, page_index: int, values: dict[str, Any]
-) -> int:
-    """Upsert the page row and recount pages_done in one transaction; return pages_done.
-
-    Raises LeaseLost, writing nothing, when the job is no longer running under this attempt.
-    """
-    with context.database.session() as session:
-        fenced = session.execute(_fenced_update(lease).values(heartbeat_at=utcnow()))
-        if _rowcount(fenced) != 1:
-            raise LeaseLost(lease.job_id)
-
-        insert = (
-            postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        )
-        statement = insert(Page).values(job_id=lease.job_id, page_index=page_index, **values)
-        session.execute(
-            statement.on_conflict_do_update(index_elements=["job_id", "page_index"], set_=values)
-        )
-
-        pages_done = session.scalar(
-            select(func.count())
-            .select_from(Page)
-            .where(Page.job_id == lease.job_id)
-            .where(Page.status.in_([PageStatus.SUCCEEDED, PageStatus.FAILED]))
-        )
-        session.execute(update(Job).where(Job.id == lease.job_id).values(pages_done=pages_done))
-
-    # The page's JSON is stored once its row is committed, so storage never runs ahead of it.
-    page = Page(job_id=lease.job_id, page_index=page_index, **values)
-    store_page_json(context.storage, lease.job_id, page)
-    return int(pages_done or 0)
 
 
 def store_result(context: PipelineContext, lease: Lease) -> str:
