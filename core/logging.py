@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 import structlog
@@ -77,3 +78,8 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """Return a structlog logger named after the module that logs."""
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
     return logger
+
+
+def elapsed_ms(started: float) -> int:
+    """Return the whole milliseconds since `started`, a time.perf_counter() value."""
+    return int((time.perf_counter() - started) * 1000)

@@ -41,15 +41,10 @@ from core.states import JobStatus, PageStatus
 from core.storage import Storage
 from core.tables import Job, Page, utcnow
 from models.engine import PageInput, PageOptions
-from worker.pipeline import (
-    Lease,
-    LeaseLost,
-    PipelineContext,
-    ProgressCallback,
-    failed_page_values,
-    read_batch,
-    store_result,
-)
+from worker.context import PipelineContext, ProgressCallback
+from worker.decode import failed_page_values, read_batch
+from worker.job_result import store_result
+from worker.lease import Lease, LeaseLost
 from worker.rasterize import render_page
 
 # Returns the local path of a job's stored input, given (job_id, input_key).

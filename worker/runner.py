@@ -20,8 +20,9 @@ from core.settings import Settings, get_settings
 from core.storage import open_storage
 from models.engine import Engine
 from models.registry import EngineLoadError, load_engine, resolve_engine_name
+from worker.context import PipelineContext, ProgressCallback
 from worker.pages import InputCache
-from worker.pipeline import AttemptOutcome, PipelineContext, ProgressCallback, process_job
+from worker.pipeline import AttemptOutcome, process_job
 
 SWEEP_INTERVAL_S = 60.0
 # load_engine arguments whose setting has another name.

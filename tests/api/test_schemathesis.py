@@ -29,7 +29,8 @@ from schemathesis.specs.openapi.checks import (
 from core import ssrf
 from core.jobs import JobService
 from tests.worker.fakes import FakeEngine
-from worker.pipeline import PipelineContext, process_job
+from worker.context import PipelineContext
+from worker.pipeline import process_job
 
 pytestmark = pytest.mark.services
 

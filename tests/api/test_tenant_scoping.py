@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from core.jobs import JobService
 from tests.worker.fakes import FakeEngine
-from worker.pipeline import PipelineContext, process_job
+from worker.context import PipelineContext
+from worker.pipeline import process_job
 
 pytestmark = pytest.mark.services
 

@@ -16,7 +16,7 @@ from core.states import JobStatus
 from core.storage import Storage, input_key, open_storage
 from core.tables import Job, new_id
 from models.engine import Block, Engine, Figure, PageInput, PageOptions, PageResult
-from worker.pipeline import PipelineContext
+from worker.context import PipelineContext
 
 
 @dataclass

@@ -17,7 +17,7 @@ from core.settings import get_settings
 from models.engine import PageInput, PageOptions, PageResult
 from tests.worker.fakes import FakeEngine
 from worker import runner
-from worker.pipeline import PipelineContext
+from worker.context import PipelineContext
 from worker.tasks import register_tasks
 
 

@@ -21,8 +21,8 @@ from core.storage import open_storage
 from core.tables import Job, utcnow
 from tests.worker.fakes import FakeEngine
 from tests.worker.test_celery_worker import OCRQ, WORKER_STOP_TIMEOUT_S, service_settings
+from worker.context import PipelineContext
 from worker.pages import plan_pages
-from worker.pipeline import PipelineContext
 
 __all__ = ["service_settings"]
 WAKE_AFTER_S = 2

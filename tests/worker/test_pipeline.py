@@ -20,7 +20,8 @@ from core.states import JobStatus
 from core.storage import Storage, figure_key, result_json_key, result_markdown_key
 from core.tables import Job, Page, utcnow
 from tests.worker.fakes import FakeEngine, Harness, make_harness
-from worker.pipeline import lease_job, process_job
+from worker.lease import lease_job
+from worker.pipeline import process_job
 
 
 @pytest.fixture
@@ -325,7 +326,7 @@ def test_heartbeat_refreshes_during_long_page(
     harness: Harness, engine: FakeEngine, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A page that outlasts the heartbeat interval still moves jobs.heartbeat_at forward."""
-    monkeypatch.setattr("worker.pipeline.HEARTBEAT_INTERVAL_S", 0.05)
+    monkeypatch.setattr("worker.lease.HEARTBEAT_INTERVAL_S", 0.05)
     job_id = harness.insert_job(corpus_dir / "phototest.tif")
     seen: list[object] = []
     read_page = engine.run_pages
