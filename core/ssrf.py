@@ -223,6 +223,10 @@ def _resolve_host(host: str, port: int, resolve: Resolver) -> tuple[str, ...]:
             raise TransientError(message, code="url_fetch_failed") from exc
         message = f"URL host {host!r} could not be resolved: {exc.strerror}"
         raise InputError(message, code="url_fetch_failed") from exc
+    except UnicodeError as exc:
+        # getaddrinfo encodes the name with IDNA, which refuses empty or over-long labels (a..b).
+        message = f"URL host {host[:253]!r} is not a valid host name: {exc}"
+        raise InputError(message, code="invalid_url") from exc
     if not found:
         message = f"URL host {host!r} resolved to no addresses"
         raise InputError(message, code="url_fetch_failed")

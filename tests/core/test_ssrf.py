@@ -274,3 +274,18 @@ def test_check_url_rejects_empty_resolution() -> None:
 
 def test_parse_allowlist_splits_commas() -> None:
     assert parse_allowlist(" s3.internal , 10.0.0.0/8,,") == ["s3.internal", "10.0.0.0/8"]
+
+
+@pytest.mark.parametrize("url", ["http://a..b/doc.pdf", f"http://{'a' * 70}.example/doc.pdf"])
+def test_check_url_rejects_host_names_idna_cannot_encode(url: str) -> None:
+    # The real resolver encodes the name before any lookup, so nothing leaves the machine.
+    with pytest.raises(InputError) as caught:
+        check_url(url)
+    assert caught.value.code == "invalid_url"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[::1/doc.pdf", "http://host:99999/"])
+def test_check_url_rejects_malformed_url(url: str) -> None:
+    with pytest.raises(InputError) as caught:
+        check_url(url)
+    assert caught.value.code == "invalid_url"
