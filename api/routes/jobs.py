@@ -358,9 +358,14 @@ def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
 
     webhook_url = fields.get("webhook_url")
     if webhook_url:
-        parsed = urlparse(webhook_url)
+        try:
+            parsed = urlparse(webhook_url)
+            scheme, hostname, _ = parsed.scheme, parsed.hostname, parsed.port
+        except ValueError:
+            # urlparse refuses an unclosed IPv6 bracket; .port refuses a port past 65535.
+            scheme = hostname = None
         has_space = any(char.isspace() or not char.isprintable() for char in webhook_url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname or has_space:
+        if scheme not in ("http", "https") or not hostname or has_space:
             message = f"Expected webhook_url to be an http or https URL, got {webhook_url[:200]!r}."
             raise InputError(message, code="invalid_webhook_url")
         options["webhook_url"] = webhook_url

@@ -45,6 +45,8 @@ def test_auto_engine_with_model_accepts_figure_task(
         ("http://localhost/hook", "url_not_allowed"),
         # The route's own shape check answers before the SSRF guard.
         ("ftp://example.com/hook", "invalid_webhook_url"),
+        ("http://[::1", "invalid_webhook_url"),
+        ("http://example.com:99999/hook", "invalid_webhook_url"),
     ],
 )
 def test_job_webhook_url_is_checked_at_submission(
@@ -80,3 +82,34 @@ def test_batch_webhook_url_is_checked_at_submission(
 
     assert response.status_code == 422, response.text
     assert response.json()["detail"]["code"] == "url_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", {"url": "http://example.com/doc.png", "webhook_url": "http://[::1"}),
+        (
+            "/v1/batches",
+            {
+                "sources": [{"url": "http://example.com/doc.png"}],
+                "options": {"webhook_url": "http://[::1"},
+            },
+        ),
+    ],
+)
+def test_json_malformed_webhook_url_is_422(
+    make_client: Callable[..., TestClient], path: str, body: dict[str, object]
+) -> None:
+    response = make_client().post(path, json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "invalid_webhook_url"
+
+
+def test_batch_form_malformed_webhook_url_is_422(
+    make_client: Callable[..., TestClient], make_page_image: Callable[..., Image.Image]
+) -> None:
+    response = post_files(make_client(), [png(make_page_image)], webhook_url="http://[::1")
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "invalid_webhook_url"
