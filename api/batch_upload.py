@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from api.errors import ApiError
-from api.upload import FILE_FIELD, Upload, _FormReader
+from api.upload import FILE_FIELD, Upload, _FormReader, parse_form
 
 
 @dataclass
@@ -75,22 +75,7 @@ async def read_batch_upload(
 
     batch = BatchUpload()
     reader = _BatchFormReader(batch, max_file_bytes, max_files)
-    parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            if reader.error is not None:
-                raise reader.error
-        parser.finalize()
-    except ApiError:
-        reader.close()
-        batch.discard()
-        raise
-    except Exception as exc:
-        reader.close()
-        batch.discard()
-        message = "the multipart/form-data body is malformed and could not be parsed"
-        raise ApiError(400, "malformed_body", message) from exc
+    await parse_form(request, boundary, reader, batch.discard)
 
     if not batch.files:
         batch.discard()

@@ -8,6 +8,7 @@ size. This module reads the request stream itself with python-multipart's push p
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -175,6 +176,25 @@ async def read_upload(request: Request, *, max_file_bytes: int, temp_dir: Path |
 
     upload = Upload()
     reader = _FormReader(upload, temp_dir, max_file_bytes)
+    await parse_form(request, boundary, reader, upload.discard)
+
+    if reader.error is not None:
+        upload.discard()
+        raise reader.error
+    if upload.path is None:
+        message = "the request has no 'file' part; send the document as multipart field 'file'"
+        raise ApiError(422, "missing_file", message)
+    return upload
+
+
+async def parse_form(
+    request: Request, boundary: bytes, reader: _FormReader, discard: Callable[[], None]
+) -> None:
+    """Feed the request body through python-multipart's push parser into `reader`.
+
+    On failure, closes the open part file, calls `discard` and raises ApiError: the reader's
+    own error, or 400 malformed_body when the parser rejects the body.
+    """
     parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in request.stream():
@@ -184,18 +204,10 @@ async def read_upload(request: Request, *, max_file_bytes: int, temp_dir: Path |
         parser.finalize()
     except ApiError:
         reader.close()
-        upload.discard()
+        discard()
         raise
     except Exception as exc:
         reader.close()
-        upload.discard()
+        discard()
         message = "the multipart/form-data body is malformed and could not be parsed"
         raise ApiError(400, "malformed_body", message) from exc
-
-    if reader.error is not None:
-        upload.discard()
-        raise reader.error
-    if upload.path is None:
-        message = "the request has no 'file' part; send the document as multipart field 'file'"
-        raise ApiError(422, "missing_file", message)
-    return upload
