@@ -22,6 +22,8 @@ log = get_logger(__name__)
 
 # Seconds a client should wait before retrying after a 503 (a dependency failed for now).
 RETRY_AFTER_S = 5
+# The detail of the HTTPException FastAPI raises when a JSON body cannot be parsed at all.
+_FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 # Codes for errors raised by Starlette itself, keyed by HTTP status.
 _HTTP_STATUS_CODES = {
     400: "bad_request",
@@ -77,6 +79,11 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
 
     async def handle_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI answers 400 when parsing a JSON body raises something other than a decode
+            # error, such as RecursionError on deeply nested brackets.
+            message = "The request body is not valid JSON: it is nested too deeply."
+            return error_response(422, "invalid_json", message)
         code = _HTTP_STATUS_CODES.get(exc.status_code, "http_error")
         if exc.status_code == 404:
             message = f"no route matches {request.method} {request.url.path}"
@@ -88,7 +95,13 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
 
     async def handle_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        message = describe_validation_errors(exc.errors())
+        errors = exc.errors()
+        decode_errors = [error for error in errors if error.get("type") == "json_invalid"]
+        if decode_errors:
+            reason = decode_errors[0].get("ctx", {}).get("error", "it cannot be decoded")
+            message = f"The request body is not valid JSON: {reason}."
+            return error_response(422, "invalid_json", message)
+        message = describe_validation_errors(errors)
         return error_response(422, "invalid_request", message)
 
     async def handle_unexpected_error(request: Request, exc: Exception) -> Response:

@@ -21,6 +21,8 @@ from core.inputs import SOURCE_S3, SOURCE_URL
 # 1000 URLs of 2048 characters fits.
 MAX_JSON_BODY_BYTES = 4 * 1024 * 1024
 SOURCE_KEYS = (SOURCE_URL, SOURCE_S3)
+# Deeper JSON is refused: no option needs it, and json.loads recurses once per level.
+MAX_JSON_DEPTH = 32
 
 
 def is_json_request(request: Request) -> bool:
@@ -37,13 +39,46 @@ async def read_json_object(request: Request) -> dict[str, Any]:
             message = f"The JSON body is larger than the maximum of {MAX_JSON_BODY_BYTES} bytes."
             raise ApiError(413, "body_too_large", message)
     try:
-        document = json.loads(body)
-    except ValueError:
-        document = None
+        document = load_json(body)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_json", f"The request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         message = "Expected the request body to be a JSON object."
         raise ApiError(422, "invalid_json", message)
     return document
+
+
+def load_json(text: str | bytes) -> Any:
+    """Parse JSON nested at most MAX_JSON_DEPTH deep; raise ValueError when malformed or deeper.
+
+    json.loads recurses once per level, so a few thousand nested brackets raise RecursionError;
+    that is reported as too deep like any document past the limit.
+    """
+    too_deep = f"it is nested more than {MAX_JSON_DEPTH} levels deep"
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise ValueError(too_deep) from None
+    if _nesting_depth(document) > MAX_JSON_DEPTH:
+        raise ValueError(too_deep)
+    return document
+
+
+def _nesting_depth(document: Any) -> int:
+    """Return how many arrays and objects deep a parsed JSON document nests, without recursing."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(document, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def split_job_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, Caller, CallerDep
 from api.deps import JobServiceDep
 from api.schemas import ErrorBody, JobPublic, JobResult, JobResultLinks
-from api.sources import is_json_request, read_json_object, split_job_body
+from api.sources import is_json_request, load_json, read_json_object, split_job_body
 from api.upload import MAX_FIELD_BYTES, read_upload
 from core.errors import ConflictError, InputError, NotFoundError
 from core.idempotency import file_sha256, request_fingerprint
@@ -373,11 +372,11 @@ def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
     raw_metadata = fields.get("metadata")
     if raw_metadata:
         try:
-            metadata = json.loads(raw_metadata)
+            metadata = load_json(raw_metadata)
             received = f"a JSON {_JSON_TYPE_NAMES.get(type(metadata), 'value')}"
-        except ValueError:
+        except ValueError as exc:
             metadata = None
-            received = "text that is not JSON"
+            received = f"text that is not valid JSON ({exc})"
         if not isinstance(metadata, dict):
             message = (
                 f"Expected metadata to be a JSON object of at most {MAX_FIELD_BYTES} bytes, "

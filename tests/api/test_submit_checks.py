@@ -113,3 +113,37 @@ def test_batch_form_malformed_webhook_url_is_422(
 
     assert response.status_code == 422, response.text
     assert response.json()["detail"]["code"] == "invalid_webhook_url"
+
+
+DEEP_JSON = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", '{"url": "http://example.com/a.png", "metadata": ' + DEEP_JSON + "}"),
+        ("/v1/jobs", '{"url": "http://example.com/a.png", "metadata": ' + "[" * 40 + "]" * 40 + "}"),
+        ("/v1/batches", '{"sources": ' + DEEP_JSON + "}"),
+        ("/v1/webhooks/endpoints", '{"url": ' + DEEP_JSON + "}"),
+        ("/v1/webhooks/endpoints", '{"url": '),
+        ("/v1/jobs", '{"url": '),
+    ],
+)
+def test_malformed_or_deep_json_is_invalid_json(
+    make_client: Callable[..., TestClient], path: str, body: str
+) -> None:
+    response = make_client().post(path, content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "invalid_json"
+    assert "JSON" in response.json()["detail"]["message"]
+
+
+def test_form_metadata_nested_too_deep_is_422(
+    make_client: Callable[..., TestClient], corpus_dir: Path
+) -> None:
+    response = submit(make_client(), corpus_dir / "phototest.tif", metadata=DEEP_JSON)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "invalid_metadata"
+    assert "nested" in response.json()["detail"]["message"]
