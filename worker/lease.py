@@ -9,7 +9,7 @@ more.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,21 +53,37 @@ def heartbeat(context: PipelineContext, lease: Lease) -> Iterator[None]:
     The engine may spend minutes on one page. Without this thread, a live attempt would look
     dead to the sweeper and to a redelivered task after LEASE_TTL_S.
     """
+
+    def beat() -> bool:
+        with context.database.session() as session:
+            fenced = session.execute(fenced_update(lease).values(heartbeat_at=utcnow()))
+        # False once canceled or taken over; the attempt notices before its next page.
+        return rowcount(fenced) == 1
+
+    with heartbeat_thread(f"ocrq-heartbeat-{lease.job_id}", HEARTBEAT_INTERVAL_S, beat):
+        yield
+
+
+@contextmanager
+def heartbeat_thread(name: str, interval_s: float, beat: Callable[[], bool]) -> Iterator[None]:
+    """Call `beat` every `interval_s` in a daemon thread named `name` while the block runs.
+
+    The thread stops when the block ends or `beat` returns False. A beat that raises is logged
+    and tried again at the next interval.
+    """
     stop = threading.Event()
     bound = structlog.contextvars.get_contextvars()
 
-    def beat() -> None:
+    def run() -> None:
         structlog.contextvars.bind_contextvars(**bound)
-        while not stop.wait(HEARTBEAT_INTERVAL_S):
+        while not stop.wait(interval_s):
             try:
-                with context.database.session() as session:
-                    fenced = session.execute(fenced_update(lease).values(heartbeat_at=utcnow()))
-                if rowcount(fenced) != 1:
-                    return  # canceled or taken over; the attempt notices before its next page
+                if not beat():
+                    return
             except Exception:
                 log.warning("heartbeat.failed", exc_info=True)
 
-    thread = threading.Thread(target=beat, name=f"ocrq-heartbeat-{lease.job_id}", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     try:
         yield

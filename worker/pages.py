@@ -44,7 +44,7 @@ from models.engine import PageInput, PageOptions
 from worker.context import PipelineContext, ProgressCallback
 from worker.decode import failed_page_values, read_batch
 from worker.job_result import store_result
-from worker.lease import Lease, LeaseLost
+from worker.lease import Lease, LeaseLost, heartbeat_thread
 from worker.rasterize import render_page
 
 # Returns the local path of a job's stored input, given (job_id, input_key).
@@ -294,37 +294,28 @@ def release_pages(context: PipelineContext, claim: PageClaim) -> None:
 @contextmanager
 def page_heartbeat(context: PipelineContext, claim: PageClaim) -> Iterator[None]:
     """Refresh the claimed pages' and their job's heartbeat while the block runs."""
-    stop = threading.Event()
-    bound = structlog.contextvars.get_contextvars()
 
-    def beat() -> None:
-        structlog.contextvars.bind_contextvars(**bound)
-        while not stop.wait(PAGE_HEARTBEAT_INTERVAL_S):
-            try:
-                now = utcnow()
-                with context.database.session() as session:
-                    for index, token in zip(claim.page_indexes, claim.tokens, strict=True):
-                        session.execute(
-                            update(Page)
-                            .where(Page.job_id == claim.job_id, Page.page_index == index)
-                            .where(Page.lease_token == token, Page.status == PageStatus.RUNNING)
-                            .values(heartbeat_at=now)
-                        )
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING)
-                        .values(heartbeat_at=now)
-                    )
-            except Exception:
-                log.warning("heartbeat.failed", exc_info=True)
+    def beat() -> bool:
+        now = utcnow()
+        with context.database.session() as session:
+            for index, token in zip(claim.page_indexes, claim.tokens, strict=True):
+                session.execute(
+                    update(Page)
+                    .where(Page.job_id == claim.job_id, Page.page_index == index)
+                    .where(Page.lease_token == token, Page.status == PageStatus.RUNNING)
+                    .values(heartbeat_at=now)
+                )
+            session.execute(
+                update(Job)
+                .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING)
+                .values(heartbeat_at=now)
+            )
+        # Keep beating: a page whose lease moved on is caught when it is written.
+        return True
 
-    thread = threading.Thread(target=beat, name=f"ocrq-page-heartbeat-{claim.job_id}", daemon=True)
-    thread.start()
-    try:
+    name = f"ocrq-page-heartbeat-{claim.job_id}"
+    with heartbeat_thread(name, PAGE_HEARTBEAT_INTERVAL_S, beat):
         yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 class InputCache:
