@@ -302,7 +302,7 @@ def _load_batch(
     batch = session.get(Batch, batch_id, with_for_update=for_update)
     if batch is None or (tenant_id is not None and batch.tenant_id != tenant_id):
         # Another tenant's batch gets the same error as an unknown id.
-        raise NotFoundError(f"Batch {batch_id} was not found.", code="batch_not_found")
+        raise NotFoundError(f"Batch {batch_id[:64]!r} was not found.", code="batch_not_found")
     return batch
 
 

@@ -73,7 +73,7 @@ def list_job_deliveries(
     with database.session() as session:
         job = session.get(Job, job_id)
         if job is None or not _visible(job.tenant_id, tenant_id):
-            raise NotFoundError(f"Job {job_id} was not found.", code="job_not_found")
+            raise NotFoundError(f"Job {job_id[:64]!r} was not found.", code="job_not_found")
         return _deliveries(session, WebhookDelivery.job_id == job_id)
 
 
@@ -84,7 +84,7 @@ def list_batch_deliveries(
     with database.session() as session:
         batch = session.get(Batch, batch_id)
         if batch is None or not _visible(batch.tenant_id, tenant_id):
-            raise NotFoundError(f"Batch {batch_id} was not found.", code="batch_not_found")
+            raise NotFoundError(f"Batch {batch_id[:64]!r} was not found.", code="batch_not_found")
         is_batch_event = WebhookDelivery.event_type == "batch.completed"
         return _deliveries(session, (WebhookDelivery.batch_id == batch_id) & is_batch_event)
 
@@ -106,9 +106,9 @@ def redeliver(
         job = session.get(Job, job_id)
         delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
         if job is None or not _visible(job.tenant_id, tenant_id):
-            raise NotFoundError(f"Job {job_id} was not found.", code="job_not_found")
+            raise NotFoundError(f"Job {job_id[:64]!r} was not found.", code="job_not_found")
         if delivery is None or delivery.job_id != job_id:
-            message = f"Delivery {delivery_id} of job {job_id} was not found."
+            message = f"Delivery {delivery_id[:64]!r} of job {job_id!r} was not found."
             raise NotFoundError(message, code="delivery_not_found")
         if delivery.endpoint_id is not None:
             endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
@@ -191,7 +191,7 @@ def delete_endpoint(database: Database, endpoint_id: str, *, tenant_id: str | No
     with database.session() as session:
         endpoint = session.get(WebhookEndpoint, endpoint_id)
         if endpoint is None or not _visible(endpoint.tenant_id, tenant_id):
-            message = f"Webhook endpoint {endpoint_id} was not found."
+            message = f"Webhook endpoint {endpoint_id[:64]!r} was not found."
             raise NotFoundError(message, code="endpoint_not_found")
         session.delete(endpoint)
 

@@ -557,7 +557,7 @@ def _load_job(
     job = session.get(Job, job_id, with_for_update=for_update)
     if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
         # Another tenant's job gets the same error as an unknown id, so ids leak nothing.
-        raise NotFoundError(f"Job {job_id} was not found.", code="job_not_found")
+        raise NotFoundError(f"Job {job_id[:64]!r} was not found.", code="job_not_found")
     # Page rows are needed after the session closes (expire_on_commit is off).
     _ = list(job.pages)
     return job

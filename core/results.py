@@ -70,7 +70,7 @@ def check_figure_name(job_id: str, name: str) -> str:
     """Return `name` if it is a figure name; raise NotFoundError (404) for anything else."""
     if not FIGURE_NAME.fullmatch(name):
         message = (
-            f"Figure {name[:64]!r} of job {job_id} was not found; expected a name like 0_0.jpg."
+            f"Figure {name[:64]!r} of job {job_id!r} was not found; expected a name like 0_0.jpg."
         )
         raise NotFoundError(message, code="figure_not_found")
     return name
@@ -82,7 +82,7 @@ def read_figure(storage: Storage, job_id: str, name: str) -> bytes:
     try:
         return storage.get_bytes(key)
     except NotFoundError:
-        message = f"Figure {name!r} of job {job_id} was not found."
+        message = f"Figure {name[:64]!r} of job {job_id!r} was not found."
         raise NotFoundError(message, code="figure_not_found") from None
 
 

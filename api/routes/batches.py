@@ -237,6 +237,10 @@ def _parse_json_batch(body: dict[str, Any]) -> tuple[list[BatchDocument], BatchO
     raw_options = body.get("options") or {}
     if not isinstance(raw_options, dict):
         raise InputError('Expected "options" to be a JSON object.', code="invalid_option")
+    unknown = sorted(set(raw_options) - set(BATCH_OPTIONS))
+    if unknown:
+        message = f"Unknown option {unknown[0][:64]!r}; expected any of {', '.join(BATCH_OPTIONS)}."
+        raise InputError(message, code="unknown_field")
 
     options = _parse_batch_options(option_fields(raw_options))
     documents = []

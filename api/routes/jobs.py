@@ -16,7 +16,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, Caller, CallerDep
 from api.deps import JobServiceDep
 from api.schemas import ErrorBody, JobPublic, JobResult, JobResultLinks
-from api.sources import is_json_request, load_json, read_json_object, split_job_body
+from api.sources import (
+    SOURCE_KEYS,
+    is_json_request,
+    load_json,
+    read_json_object,
+    split_job_body,
+)
 from api.upload import MAX_FIELD_BYTES, read_upload
 from core.errors import ConflictError, InputError, NotFoundError
 from core.idempotency import file_sha256, request_fingerprint
@@ -190,7 +196,13 @@ async def create_job_from_source(
     request: Request, service: JobService, caller: Caller, idempotency_key: str | None
 ) -> JSONResponse:
     """Create a job from a JSON body {"url"|"s3": ..., options...}; see create_job."""
-    source_part, fields = split_job_body(await read_json_object(request))
+    body = await read_json_object(request)
+    expected = [*SOURCE_KEYS, *(name for name in JOB_FIELDS if name != "password")]
+    unknown = sorted(set(body) - set(expected) - {"password"})
+    if unknown:
+        message = f"Unknown field {unknown[0][:64]!r}; expected any of {', '.join(expected)}."
+        raise InputError(message, code="unknown_field")
+    source_part, fields = split_job_body(body)
     if "password" in fields:
         message = "A password is accepted only with an uploaded file, not with url or s3."
         raise InputError(message, code="unknown_field")

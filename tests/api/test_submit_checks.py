@@ -147,3 +147,36 @@ def test_form_metadata_nested_too_deep_is_422(
     assert response.status_code == 422, response.text
     assert response.json()["detail"]["code"] == "invalid_metadata"
     assert "nested" in response.json()["detail"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "listed"),
+    [
+        ("/v1/jobs", {"url": "http://example.com/a.png", "bogus": 1}, "url, s3, mode, task"),
+        (
+            "/v1/batches",
+            {"sources": [{"url": "http://example.com/a.png"}], "options": {"bogus": 1}},
+            "mode, task",
+        ),
+    ],
+)
+def test_json_unknown_field_is_named_with_the_valid_ones(
+    make_client: Callable[..., TestClient], path: str, body: dict[str, object], listed: str
+) -> None:
+    response = make_client().post(path, json=body)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail["code"] == "unknown_field"
+    assert "'bogus'" in detail["message"]
+    assert listed in detail["message"]
+
+
+@pytest.mark.parametrize("kind", ["jobs", "batches"])
+def test_not_found_messages_quote_the_id(make_client: Callable[..., TestClient], kind: str) -> None:
+    unknown_id = "00000000-0000-4000-8000-000000000000"
+
+    response = make_client().get(f"/v1/{kind}/{unknown_id}")
+
+    assert response.status_code == 404, response.text
+    assert f"'{unknown_id}'" in response.json()["detail"]["message"]
