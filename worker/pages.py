@@ -224,12 +224,7 @@ def write_claimed_page(
         if job is None:
             raise PageLeaseLost(job_id)
         values = {**values, "heartbeat_at": utcnow()}
-        written = session.execute(
-            update(Page)
-            .where(Page.job_id == job_id, Page.page_index == page_index)
-            .where(Page.lease_token == token, Page.status == PageStatus.RUNNING)
-            .values(**values)
-        )
+        written = session.execute(fenced_page_update(job_id, page_index, token).values(**values))
         if int(written.rowcount) != 1:  # type: ignore[attr-defined]
             raise PageLeaseLost(job_id)
 
@@ -284,10 +279,9 @@ def release_pages(context: PipelineContext, claim: PageClaim) -> None:
     with context.database.session() as session:
         for index, token in zip(claim.page_indexes, claim.tokens, strict=True):
             session.execute(
-                update(Page)
-                .where(Page.job_id == claim.job_id, Page.page_index == index)
-                .where(Page.lease_token == token, Page.status == PageStatus.RUNNING)
-                .values(status=PageStatus.PENDING, heartbeat_at=None)
+                fenced_page_update(claim.job_id, index, token).values(
+                    status=PageStatus.PENDING, heartbeat_at=None
+                )
             )
 
 
@@ -300,10 +294,7 @@ def page_heartbeat(context: PipelineContext, claim: PageClaim) -> Iterator[None]
         with context.database.session() as session:
             for index, token in zip(claim.page_indexes, claim.tokens, strict=True):
                 session.execute(
-                    update(Page)
-                    .where(Page.job_id == claim.job_id, Page.page_index == index)
-                    .where(Page.lease_token == token, Page.status == PageStatus.RUNNING)
-                    .values(heartbeat_at=now)
+                    fenced_page_update(claim.job_id, index, token).values(heartbeat_at=now)
                 )
             session.execute(
                 update(Job)
@@ -316,6 +307,15 @@ def page_heartbeat(context: PipelineContext, claim: PageClaim) -> Iterator[None]
     name = f"ocrq-page-heartbeat-{claim.job_id}"
     with heartbeat_thread(name, PAGE_HEARTBEAT_INTERVAL_S, beat):
         yield
+
+
+def fenced_page_update(job_id: str, page_index: int, token: int) -> Any:
+    """Return an UPDATE of the page that matches only while this claim still runs it."""
+    return (
+        update(Page)
+        .where(Page.job_id == job_id, Page.page_index == page_index)
+        .where(Page.lease_token == token, Page.status == PageStatus.RUNNING)
+    )
 
 
 class InputCache:
