@@ -221,6 +221,17 @@ class OcrqClient:
         params = {name: value for name, value in (("limit", limit), ("cursor", cursor)) if value}
         return _json(self._request("GET", f"/v1/batches/{batch_id}", params=params))
 
+    def get_batch_with_all_jobs(self, batch_id: str) -> dict[str, Any]:
+        """Return the batch with every one of its jobs, following next_cursor page by page."""
+        batch = self.get_batch(batch_id)
+        jobs = list(batch.get("jobs", []))
+        cursor = batch.get("next_cursor")
+        while cursor:
+            page = self.get_batch(batch_id, cursor=cursor)
+            jobs.extend(page.get("jobs", []))
+            cursor = page.get("next_cursor")
+        return {**batch, "jobs": jobs, "next_cursor": None}
+
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         """Cancel the batch's queued and running jobs; return the batch."""
         return _json(self._request("DELETE", f"/v1/batches/{batch_id}"))
@@ -251,7 +262,7 @@ class OcrqClient:
                     bar.set_postfix_str(batch["status"], refresh=False)
                     bar.refresh()
                 if batch["status"] != "running":
-                    return batch
+                    return self.get_batch_with_all_jobs(batch_id)
                 if time.monotonic() >= deadline:
                     message = (
                         f"batch {batch_id} has {finished} of {batch['jobs_total']} jobs finished "

@@ -51,17 +51,28 @@ def test_batch_submit_wait_prints_ended_batch(
     answers = [batch("running", 0), batch("running", 1), batch("completed", 2)]
     methods: list[str] = []
 
+    # After the last poll the CLI reads every job of the batch, one per page here.
+    job_pages = {
+        None: {"jobs": [{"id": "job-a"}], "next_cursor": "c2"},
+        "c2": {"jobs": [{"id": "job-b"}], "next_cursor": None},
+    }
+
     def handler(request: httpx.Request) -> httpx.Response:
         methods.append(request.method)
-        return httpx.Response(202 if request.method == "POST" else 200, json=answers.pop(0))
+        if answers:
+            return httpx.Response(202 if request.method == "POST" else 200, json=answers.pop(0))
+        page = job_pages[request.url.params.get("cursor")]
+        return httpx.Response(200, json={**batch("completed", 2), **page})
 
     mock_api(handler)
     monkeypatch.setattr("client.client.time.sleep", lambda _s: None)
     result = CliRunner().invoke(ocrq_cli, ["batch", "submit", *map(str, files), "--wait"])
 
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["status"] == "completed"
-    assert methods == ["POST", "GET", "GET"]
+    printed = json.loads(result.output)
+    assert printed["status"] == "completed"
+    assert [job["id"] for job in printed["jobs"]] == ["job-a", "job-b"]
+    assert methods == ["POST", "GET", "GET", "GET", "GET"]
 
 
 def test_batch_submit_wait_exits_1_when_a_job_failed(
@@ -72,7 +83,7 @@ def test_batch_submit_wait_exits_1_when_a_job_failed(
     answers = [batch("running", 0), batch("completed", 1, failed=1)]
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=answers.pop(0))
+        return httpx.Response(200, json=answers.pop(0) if answers else batch("completed", 1, 1))
 
     mock_api(handler)
     result = CliRunner().invoke(ocrq_cli, ["batch", "submit", str(path), "--wait"])

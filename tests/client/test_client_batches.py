@@ -90,7 +90,7 @@ def test_wait_batch_polls_until_the_batch_ends() -> None:
     answers = [batch_body("running", 1), batch_body("running", 2), batch_body("completed", 3)]
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=answers.pop(0))
+        return httpx.Response(200, json=answers.pop(0) if answers else batch_body("completed", 3))
 
     with make_client(handler) as client:
         ended = client.wait_batch(BATCH_ID, progress=True, poll_interval_s=0)
@@ -108,3 +108,24 @@ def test_wait_batch_times_out_with_finished_count() -> None:
 
     assert caught.value.code == "wait_timed_out"
     assert "1 of 3" in caught.value.message
+
+
+def test_wait_batch_returns_every_job_across_pages() -> None:
+    pages = {
+        None: ({"id": "job-1"}, "c2"),
+        "c2": ({"id": "job-2"}, "c3"),
+        "c3": ({"id": "job-3"}, None),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = batch_body("completed", 3)
+        if request.url.params.get("limit") != "1":
+            job, next_cursor = pages[request.url.params.get("cursor")]
+            body.update(jobs=[job], next_cursor=next_cursor)
+        return httpx.Response(200, json=body)
+
+    with make_client(handler) as client:
+        ended = client.wait_batch(BATCH_ID, progress=False, poll_interval_s=0)
+
+    assert [job["id"] for job in ended["jobs"]] == ["job-1", "job-2", "job-3"]
+    assert ended["next_cursor"] is None
