@@ -35,14 +35,13 @@ from core.jobs import (
     cancel_pages,
     check_job_options,
     check_webhook_url,
-    isoformat,
     job_to_dict,
 )
 from core.logging import get_logger
 from core.outbox import BATCH_RUNNING, record_batch_event, record_job_event
 from core.states import JobStatus
 from core.storage import input_key, job_prefixes
-from core.tables import Batch, Job, new_id, utcnow
+from core.tables import Batch, Job, isoformat, new_id, utcnow
 
 BATCH_CANCELED = "canceled"
 DEFAULT_PAGE_SIZE = 100

@@ -15,11 +15,18 @@ from sqlalchemy.orm import Session, selectinload
 from core import webhooks
 from core.db import Database
 from core.errors import ConflictError, InputError, NotFoundError
-from core.jobs import isoformat
 from core.outbox import DELIVERY_PENDING, request_delivery
 from core.settings import Settings
 from core.ssrf import check_url, parse_allowlist
-from core.tables import Batch, Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
+from core.tables import (
+    Batch,
+    Job,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    isoformat,
+    utcnow,
+)
 
 MAX_ENDPOINTS_PER_TENANT = 20
 MAX_ENDPOINT_URL_CHARS = 2000

@@ -14,6 +14,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Return `moment` as an aware UTC datetime; SQLite hands back naive ones."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    aware = as_utc(moment)
+    return aware.isoformat().replace("+00:00", "Z") if aware else None
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 

@@ -19,12 +19,12 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core.jobs import HEARTBEAT_INTERVAL_S, LEASE_TTL_S, as_utc
+from core.jobs import HEARTBEAT_INTERVAL_S, LEASE_TTL_S
 from core.logging import get_logger
 from core.outbox import record_job_finished
 from core.settings import Settings
 from core.states import JobStatus
-from core.tables import Job, utcnow
+from core.tables import Job, as_utc, utcnow
 from models.engine import PageOptions
 from worker.context import PipelineContext
 

@@ -28,7 +28,6 @@ from sqlalchemy.orm import Session
 from core import webhooks
 from core.db import Database
 from core.errors import OcrError
-from core.jobs import as_utc
 from core.logging import get_logger
 from core.outbox import (
     DELIVERY_FAILED,
@@ -39,7 +38,14 @@ from core.outbox import (
 )
 from core.settings import Settings
 from core.ssrf import Resolver, check_url, parse_allowlist
-from core.tables import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
+from core.tables import (
+    Tenant,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    as_utc,
+    utcnow,
+)
 from worker import runner
 
 REQUEST_TIMEOUT_S = 15.0

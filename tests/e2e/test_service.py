@@ -15,8 +15,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from core.db import Database
-from core.jobs import as_utc
-from core.tables import Page
+from core.tables import Page, as_utc
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.services

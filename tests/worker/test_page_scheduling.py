@@ -22,12 +22,12 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from core.db import Database, upgrade_database
-from core.jobs import JobService, as_utc
+from core.jobs import JobService
 from core.scheduling import PAGE_LEASE_TTL_S
 from core.settings import Settings
 from core.states import JobStatus, PageStatus
 from core.storage import open_storage
-from core.tables import Job, Page, Tenant, WebhookDelivery, utcnow
+from core.tables import Job, Page, Tenant, WebhookDelivery, as_utc, utcnow
 from tests.conftest import PostgresServer
 
 pytestmark = pytest.mark.services
