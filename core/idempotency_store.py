@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db import Database
-from core.errors import ConflictError, TransientError
+from core.errors import ConflictError, NotFoundError, TransientError
 from core.idempotency import validate_idempotency_key
 from core.logging import get_logger
 from core.tables import IdempotencyRecord, utcnow
@@ -131,8 +131,17 @@ def create_or_replay(
     """
     original_id = find_original(database, request)
     if original_id is not None:
-        log.info("idempotency.replayed", resource=request.resource_type, resource_id=original_id)
-        return load(original_id), False
+        try:
+            original = load(original_id)
+        except NotFoundError:
+            # The client deleted the resource; a replay now creates a new one rather than
+            # answering 404 for the rest of the key's lifetime.
+            _drop_record(database, request, original_id)
+        else:
+            log.info(
+                "idempotency.replayed", resource=request.resource_type, resource_id=original_id
+            )
+            return original, False
 
     try:
         return create(), True
@@ -144,6 +153,18 @@ def create_or_replay(
             raise TransientError(message, code="idempotency_key_busy") from None
         log.info("idempotency.race_lost", resource=request.resource_type, resource_id=original_id)
         return load(original_id), False
+
+
+def _drop_record(database: Database, request: IdempotentRequest, resource_id: str) -> None:
+    with database.session() as session:
+        session.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.scope == request.scope,
+                IdempotencyRecord.key == request.key,
+                IdempotencyRecord.resource_id == resource_id,
+            )
+        )
+    log.info("idempotency.resource_gone", resource=request.resource_type, resource_id=resource_id)
 
 
 def purge_expired(database: Database) -> int:

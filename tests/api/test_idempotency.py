@@ -212,3 +212,22 @@ def test_idempotency_ttl_setting_sets_expiry(
     assert record.resource_id == response.json()["id"]
     assert before + timedelta(seconds=119) <= record.expires_at
     assert record.expires_at <= utcnow() + timedelta(seconds=120)
+
+
+def test_replay_after_the_job_was_deleted_creates_a_new_job(
+    make_client: Callable[..., TestClient], corpus_dir: Path
+) -> None:
+    client = make_client()
+    key = new_key()
+    first = post_job(client, corpus_dir / "phototest.tif", key, mode="base")
+    job_id = first.json()["id"]
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 200  # canceled while queued
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 204  # then deleted
+
+    second = post_job(client, corpus_dir / "phototest.tif", key, mode="base")
+    third = post_job(client, corpus_dir / "phototest.tif", key, mode="base")
+
+    assert second.status_code == 202, second.text
+    assert second.json()["id"] != job_id
+    assert third.status_code == 200, third.text
+    assert third.json()["id"] == second.json()["id"]
