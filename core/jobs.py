@@ -36,7 +36,7 @@ from core.idempotency_store import (
 )
 from core.inputs import prepare_source, prepare_upload
 from core.logging import get_logger
-from core.outbox import record_job_finished
+from core.outbox import delete_deliveries, record_job_finished
 from core.scheduling import claimable, in_flight
 from core.settings import Settings
 from core.ssrf import check_url, parse_allowlist
@@ -440,6 +440,7 @@ class JobService:
             row = session.get(Job, job_id)
             if row is not None:
                 session.delete(row)
+            delete_deliveries(session, job_ids=[job_id])
         log.info("job.deleted", job_id=job_id, objects=deleted)
 
     def cancel_or_delete(self, job_id: str, *, tenant_id: str | None = None) -> Job | None:

@@ -13,11 +13,11 @@ every retry of a delivery signs and sends the same bytes under the same id.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import delete, event, func, or_, select
 from sqlalchemy.orm import Session
 
 from core import webhooks
@@ -177,6 +177,25 @@ def maybe_complete_batch(
     record_batch_event(session, batch, settings)
     log.info("batch.completed", batch_id=batch_id, jobs=ended)
     return True
+
+
+def delete_deliveries(
+    session: Session, *, job_ids: Sequence[str] = (), batch_ids: Sequence[str] = ()
+) -> int:
+    """Delete the deliveries (their attempts cascade) of deleted jobs and batches; return how many.
+
+    Called in the transaction that deletes the job or batch rows, so no signed payload of a
+    deleted resource stays behind.
+    """
+    conditions = []
+    if job_ids:
+        conditions.append(WebhookDelivery.job_id.in_(list(job_ids)))
+    if batch_ids:
+        conditions.append(WebhookDelivery.batch_id.in_(list(batch_ids)))
+    if not conditions:
+        return 0
+    result = session.execute(delete(WebhookDelivery).where(or_(*conditions)))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def set_embedded_deliverer(deliverer: EmbeddedDeliverer | None) -> None:

@@ -28,6 +28,7 @@ from core.db import Database
 from core.errors import NotFoundError
 from core.jobs import isoformat, page_to_dict
 from core.logging import get_logger
+from core.outbox import delete_deliveries
 from core.states import JobStatus, PageStatus
 from core.storage import (
     Storage,
@@ -163,6 +164,7 @@ def expire_results(
             row = session.get(Job, job_id)
             if row is not None:
                 session.delete(row)
+            delete_deliveries(session, job_ids=[job_id])
         log.info("job.expired", job_id=job_id, objects=objects)
 
     expire_batches(database, cutoff)
@@ -185,6 +187,7 @@ def expire_batches(database: Database, cutoff: datetime) -> list[str]:
         batch_ids = list(session.scalars(statement))
         if batch_ids:
             session.execute(delete(Batch).where(Batch.id.in_(batch_ids)))
+            delete_deliveries(session, batch_ids=batch_ids)
     for batch_id in batch_ids:
         log.info("batch.expired", batch_id=batch_id)
     return batch_ids

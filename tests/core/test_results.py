@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select, update
 
 from core.celery_app import set_embedded_runner
 from core.errors import NotFoundError
@@ -15,7 +16,7 @@ from core.results import check_figure_name, page_json_key, result_links
 from core.settings import Settings
 from core.states import JobStatus
 from core.storage import figure_key, input_key, result_json_key
-from core.tables import Batch, new_id, utcnow
+from core.tables import Batch, Job, WebhookAttempt, WebhookDelivery, new_id, utcnow
 from tests.worker.fakes import FakeEngine, Harness, make_harness
 from worker.pipeline import process_job
 
@@ -141,3 +142,70 @@ def test_links_on_s3_are_presigned_urls_that_download(
         assert response.status_code == 200
         assert response.content == harness.storage.get_bytes(key)
     harness.database.dispose()
+
+
+def add_delivery(
+    harness: Harness, *, job_id: str | None = None, batch_id: str | None = None
+) -> str:
+    """Insert a delivery with one attempt for the job or batch; return the delivery id."""
+    delivery_id = f"msg_{new_id()}"
+    with harness.database.session() as session:
+        session.add(
+            WebhookDelivery(
+                id=delivery_id,
+                job_id=job_id,
+                batch_id=batch_id,
+                url="https://hooks.example/h",
+                event_type="job.succeeded",
+                payload='{"signed": "body"}',
+                status="succeeded",
+            )
+        )
+        session.flush()
+        session.add(WebhookAttempt(delivery_id=delivery_id, number=1, status_code=200))
+    return delivery_id
+
+
+def delivery_rows(harness: Harness, delivery_ids: list[str]) -> tuple[int, int]:
+    with harness.database.session() as session:
+        deliveries = session.scalar(
+            select(func.count()).where(WebhookDelivery.id.in_(delivery_ids))
+        )
+        attempts = session.scalar(
+            select(func.count()).where(WebhookAttempt.delivery_id.in_(delivery_ids))
+        )
+    return int(deliveries or 0), int(attempts or 0)
+
+
+def test_sweep_deletes_deliveries_of_expired_jobs_and_batches(
+    harness: Harness, corpus_dir: Path
+) -> None:
+    batch_id = new_id()
+    with harness.database.session() as session:
+        session.add(Batch(id=batch_id, status="completed", jobs_total=1, finished_at=utcnow()))
+    job_id = harness.insert_job(corpus_dir / "phototest.tif", batch_id=batch_id)
+    process_job(job_id, harness.context)
+    kept_job = finished_job(harness, corpus_dir)
+    gone = [add_delivery(harness, job_id=job_id), add_delivery(harness, batch_id=batch_id)]
+    with harness.database.session() as session:
+        session.execute(
+            update(Job).where(Job.id == kept_job).values(finished_at=utcnow() + timedelta(days=2))
+        )
+    kept = [add_delivery(harness, job_id=kept_job)]
+
+    harness.service.sweep(now=utcnow() + timedelta(seconds=DAY_S + 60))
+
+    assert delivery_rows(harness, gone) == (0, 0)
+    assert delivery_rows(harness, kept) == (1, 1)
+
+
+def test_deleting_a_job_deletes_its_deliveries(harness: Harness, corpus_dir: Path) -> None:
+    job_id = finished_job(harness, corpus_dir)
+    other_job = finished_job(harness, corpus_dir)
+    gone = [add_delivery(harness, job_id=job_id)]
+    kept = [add_delivery(harness, job_id=other_job)]
+
+    harness.service.delete_job(job_id)
+
+    assert delivery_rows(harness, gone) == (0, 0)
+    assert delivery_rows(harness, kept) == (1, 1)
