@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     storage_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # Seconds an S3 request waits to connect and then for each answer, so a storage server that
+    # stops answering fails a request (503) instead of hanging it.
+    s3_connect_timeout_s: float = Field(default=3.0, gt=0)
+    s3_read_timeout_s: float = Field(default=10.0, gt=0)
 
     engine: EngineName = "auto"
     model_path: Path | None = None
