@@ -206,7 +206,11 @@ def _download_s3(bucket: str, key: str, dest: Path, settings: Settings) -> int:
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region or None,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        config=Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=settings.s3_connect_timeout_s,
+            read_timeout=settings.s3_read_timeout_s,
+        ),
     )
     where = f"s3://{bucket}/{key[:200]}"
     try:

@@ -21,6 +21,8 @@ from core.settings import Settings
 
 PRESIGNED_URL_TTL_S = 3600
 _S3_DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys per request
+# Attempts of one S3 request, the first included (botocore's retry budget).
+S3_MAX_ATTEMPTS = 2
 
 
 def input_key(job_id: str) -> str:
@@ -96,6 +98,8 @@ def open_storage(settings: Settings) -> Storage:
             prefix=parsed.path.strip("/"),
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
+            connect_timeout_s=settings.s3_connect_timeout_s,
+            read_timeout_s=settings.s3_read_timeout_s,
         )
     message = f"OCRQ_STORAGE_URL must start with file:// or s3://, got {url!r}"
     raise ConfigError(message)
@@ -191,7 +195,14 @@ class S3Storage:
     """Objects in an S3 bucket under an optional key prefix (AWS or any S3-compatible server)."""
 
     def __init__(
-        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str = ""
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str = "",
+        *,
+        connect_timeout_s: float = 3.0,
+        read_timeout_s: float = 10.0,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -199,7 +210,12 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5)
+        # A server that stops answering costs at most S3_MAX_ATTEMPTS times the timeouts.
+        config = Config(
+            retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+        )
         self.client = boto3.client(
             "s3", endpoint_url=endpoint_url, region_name=region or None, config=config
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -18,6 +19,8 @@ from core.tables import Job
 
 # How long /readyz waits for the broker before calling it unreachable.
 BROKER_PING_TIMEOUT_S = 2.0
+# How long /readyz waits for each dependency check (they run at once) before calling it failed.
+READY_CHECK_TIMEOUT_S = 3.0
 # Seconds a client (or load balancer) should wait before asking /readyz again after a 503.
 READY_RETRY_AFTER_S = 5
 
@@ -38,11 +41,13 @@ def healthz() -> HealthStatus:
 )
 def readyz(service: JobServiceDep) -> JSONResponse:
     """Check that the database, the broker and the storage are reachable; 503 names what failed."""
-    checks = {
-        "database": _check(service.database.ping),
-        "broker": _check(lambda: ping_broker(service.settings.broker_url)),
-        "storage": _check(service.storage.ping),
-    }
+    checks = _run_checks(
+        {
+            "database": service.database.ping,
+            "broker": lambda: ping_broker(service.settings.broker_url),
+            "storage": service.storage.ping,
+        }
+    )
     failed = [name for name, state in checks.items() if state != "ok"]
     if not failed:
         return JSONResponse(HealthStatus(status="ok", checks=checks).model_dump())
@@ -90,6 +95,21 @@ def ping_broker(broker_url: str | None) -> None:
         raise OcrError(message, code="broker_unreachable") from exc
     finally:
         client.close()
+
+
+def _run_checks(probes: dict[str, Callable[[], None]]) -> dict[str, str]:
+    """Run the probes at once; one with no answer after READY_CHECK_TIMEOUT_S has failed.
+
+    A probe that hangs keeps its thread until its own client times out, but /readyz answers.
+    """
+    executor = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="readyz")
+    futures = {name: executor.submit(_check, probe) for name, probe in probes.items()}
+    done, _ = wait(futures.values(), timeout=READY_CHECK_TIMEOUT_S)
+    executor.shutdown(wait=False, cancel_futures=True)
+    timed_out = f"failed: no answer within {READY_CHECK_TIMEOUT_S:g} s"
+    return {
+        name: future.result() if future in done else timed_out for name, future in futures.items()
+    }
 
 
 def _check(probe: Callable[[], None]) -> str:

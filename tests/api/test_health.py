@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
 from api.app import create_app
+from api.routes import health
 from core.jobs import JobService
 from core.settings import Settings
 from tests.conftest import free_port
@@ -179,3 +183,61 @@ def test_unreachable_storage_returns_503_with_retry_after(
     assert response.status_code == 503
     assert response.json()["detail"]["code"] == "transient_error"
     assert response.headers["retry-after"].isdigit()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """An http://127.0.0.1 URL whose server accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def test_readyz_answers_503_naming_storage_that_never_answers(
+    make_client: Callable[..., TestClient], silent_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "READY_CHECK_TIMEOUT_S", 0.5)
+    client = make_client(s3_endpoint_url=silent_server)
+
+    started = time.monotonic()
+    response = client.get("/readyz")
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 503, response.text
+    assert "storage" in response.json()["detail"]["message"]
+    assert response.json()["checks"]["storage"].startswith("failed")
+    assert response.json()["checks"]["database"] == "ok"
+    assert elapsed < 5
+
+
+def test_submit_to_storage_that_never_answers_is_503_within_the_timeouts(
+    make_client: Callable[..., TestClient], silent_server: str, corpus_dir: Path
+) -> None:
+    client = make_client(s3_endpoint_url=silent_server, s3_read_timeout_s=0.3)
+
+    started = time.monotonic()
+    with (corpus_dir / "phototest.tif").open("rb") as handle:
+        response = client.post("/v1/jobs", files={"file": handle})
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"]["code"] == "transient_error"
+    assert response.headers["retry-after"].isdigit()
+    assert elapsed < 10
