@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from core.apikeys import generate_api_key, hash_api_key, is_well_formed, key_id_of, verify_api_key
 from core.db import Database
@@ -189,3 +190,47 @@ def _touch_last_used(database: Database, key_id: str, last_used_at: datetime | N
 def _aware(moment: datetime) -> datetime:
     # SQLite returns naive datetimes; every stored time is UTC.
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def tenant_webhook_secret(
+    database: Database, *, tenant_id: str | None = None, name: str = ""
+) -> str:
+    """Return the secret that signs the tenant's job and batch webhook_url deliveries.
+
+    The tenant is named by id (API routes) or by name (the CLI). Raises NotFoundError when it
+    does not exist.
+    """
+    with database.session() as session:
+        tenant = _load_tenant(session, tenant_id, name)
+        return tenant.webhook_secret
+
+
+def rotate_webhook_secret(
+    database: Database, *, tenant_id: str | None = None, name: str = ""
+) -> str:
+    """Replace the tenant's webhook_url signing secret with a new one and return it.
+
+    Deliveries are signed when they are sent, so pending retries are signed with the new secret
+    from now on; there is no grace period with both secrets.
+    """
+    secret = generate_secret()
+    with database.session() as session:
+        tenant = _load_tenant(session, tenant_id, name, for_update=True)
+        tenant.webhook_secret = secret
+        rotated_id = tenant.id
+    log.info("tenant.webhook_secret_rotated", tenant_id=rotated_id)
+    return secret
+
+
+def _load_tenant(
+    session: Session, tenant_id: str | None, name: str, *, for_update: bool = False
+) -> Tenant:
+    if tenant_id is not None:
+        tenant = session.get(Tenant, tenant_id, with_for_update=for_update)
+    else:
+        statement = select(Tenant).where(Tenant.name == name)
+        tenant = session.scalars(statement.with_for_update() if for_update else statement).first()
+    if tenant is None:
+        shown = tenant_id if tenant_id is not None else name
+        raise NotFoundError(f"Tenant {shown[:64]!r} was not found.", code="tenant_not_found")
+    return tenant

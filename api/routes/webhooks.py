@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
 
 from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, CallerDep
 from api.deps import JobServiceDep
@@ -18,8 +19,8 @@ from api.schemas import (
     WebhookEndpointCreated,
     WebhookEndpointsPublic,
 )
-from core import deliveries
-from core.errors import NotFoundError
+from core import deliveries, tenants
+from core.errors import InputError, NotFoundError
 
 router = APIRouter(
     prefix=API_PREFIX,
@@ -116,6 +117,52 @@ def delete_endpoint(endpoint_id: str, caller: CallerDep, service: JobServiceDep)
     """Delete a webhook endpoint and its deliveries."""
     deliveries.delete_endpoint(service.database, endpoint_id[:64], tenant_id=caller.tenant_id)
     return Response(status_code=204)
+
+
+class WebhookSecretPublic(BaseModel):
+    """The secret that signs deliveries to the webhook_url of the tenant's jobs and batches."""
+
+    secret: str = Field(description="whsec_ and base64; verify webhook-signature with it")
+
+
+_SECRET_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {
+        "model": ErrorBody,
+        "description": "the request has no tenant (no API key); OCRQ_WEBHOOK_SECRET signs then",
+    },
+}
+
+
+@router.get("/webhooks/secret", response_model=WebhookSecretPublic, responses=_SECRET_RESPONSES)
+def read_webhook_secret(caller: CallerDep, service: JobServiceDep) -> dict[str, str]:
+    """Return the tenant's signing secret for job and batch webhook_url deliveries.
+
+    Endpoints created with POST /v1/webhooks/endpoints have their own secrets instead.
+    """
+    tenant_id = _require_tenant(caller.tenant_id)
+    return {"secret": tenants.tenant_webhook_secret(service.database, tenant_id=tenant_id)}
+
+
+@router.post(
+    "/webhooks/secret/rotate", response_model=WebhookSecretPublic, responses=_SECRET_RESPONSES
+)
+def rotate_webhook_secret(caller: CallerDep, service: JobServiceDep) -> dict[str, str]:
+    """Replace the tenant's webhook_url signing secret and return the new one.
+
+    It applies at once, to pending retries too: deliveries are signed when they are sent.
+    """
+    tenant_id = _require_tenant(caller.tenant_id)
+    return {"secret": tenants.rotate_webhook_secret(service.database, tenant_id=tenant_id)}
+
+
+def _require_tenant(tenant_id: str | None) -> str:
+    if tenant_id is None:
+        message = (
+            "The webhook secret belongs to a tenant; send an API key. Without one "
+            "(OCRQ_AUTH_REQUIRED is off), OCRQ_WEBHOOK_SECRET signs webhook_url deliveries."
+        )
+        raise InputError(message, code="tenant_required", http_status=403)
+    return tenant_id
 
 
 def _parse_batch_id(batch_id: str) -> str:
