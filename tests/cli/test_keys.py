@@ -15,7 +15,7 @@ from api.app import create_app
 from core.apikeys import is_well_formed, key_id_of
 from core.db import Database, upgrade_database
 from core.settings import Settings
-from core.tenants import authenticate
+from core.tenants import authenticate, find_tenant
 from tests.conftest import PostgresServer
 
 pytestmark = pytest.mark.services
@@ -105,3 +105,29 @@ def test_keys_create_rejects_invalid_tenant_name(keys_database_url: str, tmp_pat
     assert completed.returncode == 1
     assert completed.stdout == ""
     assert "invalid_tenant_name" in completed.stderr
+
+
+def test_tenants_secret_prints_the_webhook_url_signing_secret(
+    keys_database_url: str, tmp_path: Path
+) -> None:
+    tenant = f"cli-{uuid.uuid4().hex[:8]}"
+    created = run_keys(keys_database_url, tmp_path, "create", "--tenant", tenant)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OCRQ_")}
+    env.update(OCRQ_DATABASE_URL=keys_database_url, OCRQ_DATA_DIR=str(tmp_path / "data"))
+
+    def secret_of(name: str) -> subprocess.CompletedProcess[str]:
+        command = [str(OCRQ), "tenants", "secret", "--tenant", name]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+    shown = secret_of(tenant)
+    missing = secret_of(f"absent-{uuid.uuid4().hex[:8]}")
+
+    assert created.returncode == 0, created.stderr
+    assert shown.returncode == 0, shown.stderr
+    database = Database(keys_database_url)
+    tenant_row = find_tenant(database, tenant)
+    database.dispose()
+    assert tenant_row is not None
+    assert shown.stdout == tenant_row.webhook_secret + "\n"
+    assert missing.returncode != 0
+    assert "was not found" in missing.stderr
