@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from cli import batch_cmds, bench, client_cmds, keys, model, run, service
+from cli import batch_cmds, bench, client_cmds, keys, model, run, service, tenants
 from core.errors import OcrError
 
 
@@ -30,6 +30,7 @@ cli.add_command(client_cmds.result)
 cli.add_command(model.model)
 cli.add_command(bench.bench)
 cli.add_command(keys.keys)
+cli.add_command(tenants.tenants)
 cli.add_command(batch_cmds.batch)
 
 
