@@ -210,8 +210,8 @@ def rotate_webhook_secret(
 ) -> str:
     """Replace the tenant's webhook_url signing secret with a new one and return it.
 
-    Deliveries are signed when they are sent, so pending retries are signed with the new secret
-    from now on; there is no grace period with both secrets.
+    Deliveries are signed when they are sent, so pending retries use the new secret too. No
+    grace period signs with both secrets.
     """
     secret = generate_secret()
     with database.session() as session:
