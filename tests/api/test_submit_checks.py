@@ -122,7 +122,10 @@ DEEP_JSON = "[" * 5000 + "]" * 5000
     ("path", "body"),
     [
         ("/v1/jobs", '{"url": "http://example.com/a.png", "metadata": ' + DEEP_JSON + "}"),
-        ("/v1/jobs", '{"url": "http://example.com/a.png", "metadata": ' + "[" * 40 + "]" * 40 + "}"),
+        (
+            "/v1/jobs",
+            '{"url": "http://example.com/a.png", "metadata": ' + "[" * 40 + "]" * 40 + "}",
+        ),
         ("/v1/batches", '{"sources": ' + DEEP_JSON + "}"),
         ("/v1/webhooks/endpoints", '{"url": ' + DEEP_JSON + "}"),
         ("/v1/webhooks/endpoints", '{"url": '),
@@ -180,3 +183,19 @@ def test_not_found_messages_quote_the_id(make_client: Callable[..., TestClient],
 
     assert response.status_code == 404, response.text
     assert f"'{unknown_id}'" in response.json()["detail"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "http://a..b/doc.png"},
+        {"url": "http://example.com/a.png", "webhook_url": "http://a..b/h"},
+    ],
+)
+def test_host_name_idna_cannot_encode_is_invalid_url(
+    make_client: Callable[..., TestClient], body: dict[str, str]
+) -> None:
+    response = make_client().post("/v1/jobs", json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "invalid_url"
