@@ -360,8 +360,7 @@ def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
         "mode": fields.get("mode") or DEFAULT_MODE,
         "task": fields.get("task") or DEFAULT_TASK,
         "target": fields.get("target") or None,
-        # TODO: the password only opens the PDF for the intake checks. No table column stores
-        # it, so the worker cannot open an encrypted PDF and the job fails there.
+        # Never stored: a PDF it opens is stored as a decrypted copy at intake (core.inputs).
         "password": fields.get("password") or None,
         "webhook_url": None,
         "metadata": None,
