@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 from core import webhooks
 from core.db import Database
 from core.errors import ConflictError, InputError, NotFoundError
+from core.idempotency_store import IdempotentRequest, record_key
 from core.outbox import DELIVERY_PENDING, request_delivery
 from core.settings import Settings
 from core.ssrf import check_url, parse_allowlist
@@ -103,8 +104,11 @@ def redeliver(
     delivery_id: str,
     *,
     tenant_id: str | None,
+    idempotency: IdempotentRequest | None = None,
 ) -> dict[str, Any]:
     """Make a delivery of the job due now, under its own event id and body; return it.
+
+    With `idempotency`, the key is recorded in the same transaction (core.idempotency_store).
 
     A delivered or failed delivery becomes pending again and keeps its attempt log. Raises
     NotFoundError for an unknown job or delivery, ConflictError when its endpoint is disabled.
@@ -131,15 +135,40 @@ def redeliver(
         delivery.delivered_at = None
         delivery.last_error = None
         session.flush()
+        if idempotency is not None:
+            record_key(session, idempotency, delivery.id)
         public = delivery_to_dict(delivery)
     request_delivery(settings)
     return public
 
 
-def create_endpoint(
-    database: Database, settings: Settings, url: str, *, tenant_id: str | None
+def read_delivery(
+    database: Database, job_id: str, delivery_id: str, *, tenant_id: str | None
 ) -> dict[str, Any]:
-    """Create a tenant's endpoint with a new secret; return it with the secret, shown only here.
+    """Return one delivery of a job as it stands; raise NotFoundError when either is unknown."""
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        delivery = session.get(WebhookDelivery, delivery_id)
+        if job is None or not _visible(job.tenant_id, tenant_id):
+            raise NotFoundError(f"Job {job_id[:64]!r} was not found.", code="job_not_found")
+        if delivery is None or delivery.job_id != job_id:
+            message = f"Delivery {delivery_id[:64]!r} of job {job_id!r} was not found."
+            raise NotFoundError(message, code="delivery_not_found")
+        return delivery_to_dict(delivery)
+
+
+def create_endpoint(
+    database: Database,
+    settings: Settings,
+    url: str,
+    *,
+    tenant_id: str | None,
+    idempotency: IdempotentRequest | None = None,
+) -> dict[str, Any]:
+    """Create a tenant's endpoint with a new secret; return it with the secret.
+
+    The secret is returned here and, for a replay of the same Idempotency-Key, by
+    read_endpoint_with_secret; never by a listing.
 
     The URL must pass the SSRF guard as deliveries do. Raises InputError when it does not, when
     there is no tenant (OCRQ_AUTH_REQUIRED=false) or when the tenant has too many endpoints.
@@ -179,9 +208,25 @@ def create_endpoint(
         endpoint = WebhookEndpoint(tenant_id=tenant_id, url=url, secret=webhooks.generate_secret())
         session.add(endpoint)
         session.flush()
+        if idempotency is not None:
+            record_key(session, idempotency, endpoint.id)
         created = endpoint_to_dict(endpoint)
         created["secret"] = endpoint.secret
     return created
+
+
+def read_endpoint_with_secret(
+    database: Database, endpoint_id: str, *, tenant_id: str | None
+) -> dict[str, Any]:
+    """Return an endpoint with its secret, for the replay of the request that created it."""
+    with database.session() as session:
+        endpoint = session.get(WebhookEndpoint, endpoint_id)
+        if endpoint is None or not _visible(endpoint.tenant_id, tenant_id):
+            message = f"Webhook endpoint {endpoint_id[:64]!r} was not found."
+            raise NotFoundError(message, code="endpoint_not_found")
+        found = endpoint_to_dict(endpoint)
+        found["secret"] = endpoint.secret
+    return found
 
 
 def list_endpoints(database: Database, *, tenant_id: str | None) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from core.tables import IdempotencyRecord, utcnow
 # Scope of requests that belong to no tenant (OCRQ_AUTH_REQUIRED=false), so the primary key
 # never holds a null.
 NO_TENANT_SCOPE = "-"
-RESOURCE_TYPES = ("job", "batch")
+RESOURCE_TYPES = ("job", "batch", "endpoint", "redelivery")
 
 Resource = TypeVar("Resource")
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.auth import AUTH_DEPENDENCIES, AUTH_RESPONSES, CallerDep
@@ -21,6 +23,9 @@ from api.schemas import (
 )
 from core import deliveries, tenants
 from core.errors import InputError, NotFoundError
+from core.idempotency import request_fingerprint
+from core.idempotency_store import IdempotentRequest, create_or_replay
+from core.settings import Settings
 
 router = APIRouter(
     prefix=API_PREFIX,
@@ -65,21 +70,58 @@ def read_batch_deliveries(
     status_code=202,
     response_model=WebhookDeliveryPublic,
     responses={
+        200: {
+            "model": WebhookDeliveryPublic,
+            "description": "an earlier redelivery with this Idempotency-Key; not sent again",
+        },
         404: {"model": ErrorBody, "description": "no job or delivery has this id"},
-        409: {"model": ErrorBody, "description": "the delivery's endpoint is disabled"},
+        409: {
+            "model": ErrorBody,
+            "description": "the delivery's endpoint is disabled, or idempotency_key_reused",
+        },
     },
 )
-def redeliver(
-    job_id: str, delivery_id: str, caller: CallerDep, service: JobServiceDep
-) -> dict[str, Any]:
-    """Send a delivery again now, with the same event id and body."""
-    return deliveries.redeliver(
-        service.database,
-        service.settings,
-        parse_job_id(job_id),
-        delivery_id[:64],
-        tenant_id=caller.tenant_id,
+async def redeliver(
+    request: Request,
+    job_id: str,
+    delivery_id: str,
+    caller: CallerDep,
+    service: JobServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    """Send a delivery again now, with the same event id and body.
+
+    A repeated Idempotency-Key returns the delivery as it stands without sending it again.
+    """
+    parsed_job_id, parsed_delivery_id = parse_job_id(job_id), delivery_id[:64]
+
+    def send(idempotency: IdempotentRequest | None = None) -> dict[str, Any]:
+        return deliveries.redeliver(
+            service.database,
+            service.settings,
+            parsed_job_id,
+            parsed_delivery_id,
+            tenant_id=caller.tenant_id,
+            idempotency=idempotency,
+        )
+
+    if not idempotency_key:
+        return JSONResponse(await run_in_threadpool(send), status_code=202)
+
+    idempotency = _idempotent_request(
+        request, caller.tenant_id, idempotency_key, "redelivery", {}, service.settings
     )
+    delivery, sent = await run_in_threadpool(
+        lambda: create_or_replay(
+            service.database,
+            idempotency,
+            create=lambda: send(idempotency),
+            load=lambda _: deliveries.read_delivery(
+                service.database, parsed_job_id, parsed_delivery_id, tenant_id=caller.tenant_id
+            ),
+        )
+    )
+    return JSONResponse(delivery, status_code=202 if sent else 200)
 
 
 @router.post(
@@ -87,17 +129,69 @@ def redeliver(
     status_code=201,
     response_model=WebhookEndpointCreated,
     responses={
+        200: {
+            "model": WebhookEndpointCreated,
+            "description": "the endpoint an earlier request with this Idempotency-Key created",
+        },
         403: {"model": ErrorBody, "description": "the request has no tenant (no API key)"},
-        409: {"model": ErrorBody, "description": "the tenant has too many endpoints"},
+        409: {
+            "model": ErrorBody,
+            "description": "the tenant has too many endpoints, or idempotency_key_reused",
+        },
         422: {"model": ErrorBody, "description": "the URL is invalid or not allowed"},
     },
 )
-def create_endpoint(
-    body: WebhookEndpointCreate, caller: CallerDep, service: JobServiceDep
-) -> dict[str, Any]:
-    """Create a webhook endpoint for every event of the tenant; the secret is returned only here."""
-    return deliveries.create_endpoint(
-        service.database, service.settings, body.url, tenant_id=caller.tenant_id
+async def create_endpoint(
+    request: Request,
+    body: WebhookEndpointCreate,
+    caller: CallerDep,
+    service: JobServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    """Create a webhook endpoint for every event of the tenant; the secret is returned only here.
+
+    A repeated Idempotency-Key returns the endpoint it created, secret included (200).
+    """
+
+    def create(idempotency: IdempotentRequest | None = None) -> dict[str, Any]:
+        return deliveries.create_endpoint(
+            service.database,
+            service.settings,
+            body.url,
+            tenant_id=caller.tenant_id,
+            idempotency=idempotency,
+        )
+
+    if not idempotency_key:
+        return JSONResponse(await run_in_threadpool(create), status_code=201)
+
+    idempotency = _idempotent_request(
+        request, caller.tenant_id, idempotency_key, "endpoint", {"url": body.url}, service.settings
+    )
+    endpoint, created = await run_in_threadpool(
+        lambda: create_or_replay(
+            service.database,
+            idempotency,
+            create=lambda: create(idempotency),
+            load=lambda endpoint_id: deliveries.read_endpoint_with_secret(
+                service.database, endpoint_id, tenant_id=caller.tenant_id
+            ),
+        )
+    )
+    return JSONResponse(endpoint, status_code=201 if created else 200)
+
+
+def _idempotent_request(
+    request: Request,
+    tenant_id: str | None,
+    key: str,
+    resource_type: str,
+    fields: dict[str, Any],
+    settings: Settings,
+) -> IdempotentRequest:
+    fingerprint = request_fingerprint("POST", request.url.path, fields, None)
+    return IdempotentRequest.build(
+        tenant_id, key, fingerprint, resource_type, settings.idempotency_ttl_s
     )
 
 

@@ -269,3 +269,54 @@ def test_endpoint_with_invalid_url_is_422(
 
     assert response.status_code == 422
     assert response.json()["detail"]["code"] in {"invalid_webhook_url", "invalid_url"}
+
+
+def test_endpoint_create_replays_idempotency_key(
+    make_tenant_client: Callable[..., TenantClient],
+) -> None:
+    caller = make_tenant_client(url_allowlist="127.0.0.1")
+    headers = {"Idempotency-Key": "endpoint-1"}
+
+    first = caller.client.post(
+        "/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/h"}, headers=headers
+    )
+    replay = caller.client.post(
+        "/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/h"}, headers=headers
+    )
+    conflict = caller.client.post(
+        "/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/other"}, headers=headers
+    )
+
+    assert first.status_code == 201
+    assert replay.status_code == 200
+    assert replay.json()["id"] == first.json()["id"]
+    assert replay.json()["secret"] == first.json()["secret"]
+    assert conflict.status_code == 409
+    assert conflict.json()["detail"]["code"] == "idempotency_key_reused"
+    assert len(caller.client.get("/v1/webhooks/endpoints").json()["data"]) == 1
+
+
+def test_redeliver_replay_does_not_send_again(
+    make_tenant_client: Callable[..., TenantClient],
+    api_settings: Callable[..., Settings],
+    database: Database,
+    webhook_queue: Callable[[], int],
+) -> None:
+    caller = make_tenant_client()
+    job_id, delivery_id = finished_job(database, api_settings(), caller.tenant_id)
+    path = f"/v1/jobs/{job_id}/deliveries/{delivery_id}/redeliver"
+    headers = {"Idempotency-Key": "redeliver-1"}
+    woken_before = webhook_queue()
+
+    first = caller.client.post(path, headers=headers)
+    with database.session() as session:
+        stored = session.get(WebhookDelivery, delivery_id)
+        assert stored is not None
+        stored.status = "succeeded"  # as if the worker delivered it in between
+    replay = caller.client.post(path, headers=headers)
+
+    assert first.status_code == 202
+    assert replay.status_code == 200
+    assert replay.json()["id"] == delivery_id
+    assert replay.json()["status"] == "succeeded"
+    assert webhook_queue() == woken_before + 1
