@@ -3,16 +3,12 @@
 Order of writes when a job is created: the document is inspected (bad input never becomes a
 job), the input is stored, the job row is committed, and only then is the task enqueued. If the
 enqueue fails the job stays queued with enqueued_at unset, and sweep() sends it again later.
-
-Result documents are built here from the page rows, so the API can serve a running job's
-partial result and the worker writes the same shape to result.json.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +33,13 @@ from core.idempotency_store import (
 from core.inputs import prepare_source, prepare_upload
 from core.logging import get_logger
 from core.outbox import delete_deliveries, record_job_finished
+from core.results import build_result, expire_results
 from core.scheduling import claimable, in_flight
 from core.settings import Settings
 from core.ssrf import check_url, parse_allowlist
 from core.states import JobStatus, PageStatus
 from core.storage import Storage, input_key, job_prefixes, open_storage
-from core.tables import Job, Page, new_id, utcnow
+from core.tables import Job, Page, isoformat, new_id, utcnow
 
 # The same names as models.engine.MODES and TASKS (core may not import models; a test pins it).
 JOB_MODES = ("tiny", "small", "base", "large", "gundam")
@@ -52,10 +49,6 @@ JOB_ENGINES = ("auto", "deepseek-ocr", "rapidocr")
 RAPIDOCR_TASKS = ("markdown", "ocr", "free", "locate")
 DEFAULT_MODE = "gundam"
 DEFAULT_TASK = "markdown"
-
-# Pages of a multi-page job's markdown are joined with DeepSeek-OCR's own page separator, on a
-# line of its own, so the joined text still splits back into pages with one str.split().
-PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
 
 # A running attempt refreshes jobs.heartbeat_at this often, from a thread beside the engine.
 HEARTBEAT_INTERVAL_S = 20.0
@@ -71,20 +64,6 @@ SWEEP_GRACE_S = 30
 PAGE_WAKE_MAX_PER_SWEEP = 200
 
 log = get_logger(__name__)
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """Return `moment` as an aware UTC datetime; SQLite hands back naive ones."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-def isoformat(moment: datetime | None) -> str | None:
-    aware = as_utc(moment)
-    return aware.isoformat().replace("+00:00", "Z") if aware else None
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:
@@ -104,51 +83,6 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "created_at": isoformat(job.created_at),
         "started_at": isoformat(job.started_at),
         "finished_at": isoformat(job.finished_at),
-    }
-
-
-def page_to_dict(page: Page) -> dict[str, Any]:
-    """Return one page of a result document; failed pages carry error {code, message}."""
-    stored = page.result or {}
-    error = None
-    if page.error_code:
-        error = {"code": page.error_code, "message": page.error_message or ""}
-    return {
-        "index": page.page_index,
-        "width": page.width,
-        "height": page.height,
-        "markdown": page.markdown or "",
-        "blocks": stored.get("blocks", []),
-        "finish_reason": stored.get("finish_reason"),
-        "timings_ms": stored.get("timings_ms", {}),
-        "status": page.status,
-        "error": error,
-    }
-
-
-def join_page_markdown(pages: Sequence[Page]) -> str:
-    """Join page markdowns in page order with PAGE_SEPARATOR.
-
-    A failed page keeps its place as an HTML comment naming its error code, so page k of the
-    split text is still page k of the document.
-    """
-    parts = []
-    for page in sorted(pages, key=lambda item: item.page_index):
-        if page.status == PageStatus.SUCCEEDED:
-            parts.append((page.markdown or "").strip())
-        else:
-            code = page.error_code or page.status
-            parts.append(f"<!-- ocrq: page {page.page_index + 1} not read ({code}) -->")
-    return PAGE_SEPARATOR.join(parts)
-
-
-def build_result(job_id: str, pages: Sequence[Page]) -> dict[str, Any]:
-    """Return the result document `{job_id, markdown, pages: [...]}` for these page rows."""
-    ordered = sorted(pages, key=lambda item: item.page_index)
-    return {
-        "job_id": job_id,
-        "markdown": join_page_markdown(ordered),
-        "pages": [page_to_dict(page) for page in ordered],
     }
 
 
@@ -476,20 +410,18 @@ class JobService:
         )
         page_live = select(Page.id).where(Page.job_id == Job.id, in_flight(now)).exists()
         page_pending = (
-            select(Page.id)
-            .where(Page.job_id == Job.id, Page.status == PageStatus.PENDING)
-            .exists()
+            select(Page.id).where(Page.job_id == Job.id, Page.status == PageStatus.PENDING).exists()
         )
         # Pending pages of a quiet job get wake messages below (OCRQ_PAGE_WAKE_AFTER_S). The
         # job itself is planned again only after it stayed quiet past the visibility timeout.
         quiet_s = VISIBILITY_TIMEOUT_FACTOR * self.settings.task_time_limit_s
-        replan = abandoned & ~page_live & (
-            ~page_pending | (Job.heartbeat_at < now - timedelta(seconds=quiet_s))
+        replan = (
+            abandoned
+            & ~page_live
+            & (~page_pending | (Job.heartbeat_at < now - timedelta(seconds=quiet_s)))
         )
         with self.database.session() as session:
-            statement = (
-                select(Job.id).where(or_(never_enqueued, replan)).order_by(Job.created_at)
-            )
+            statement = select(Job.id).where(or_(never_enqueued, replan)).order_by(Job.created_at)
             job_ids = list(session.scalars(statement))
             # Pages whose worker died mid-page: one new page message each.
             stale_pages: list[Any] = session.execute(
@@ -517,8 +449,6 @@ class JobService:
             )
         purge_expired(self.database)
         # Imported here: core.results builds on this module's page documents.
-        from core.results import expire_results
-
         expire_results(self.database, self.storage, self.settings.result_retention_s, now)
         return sent
 

@@ -1,4 +1,7 @@
-"""Stored results beside result.json: per-page JSON, figure names, download links, retention.
+"""Result documents, and what is stored beside result.json: page JSON, figures, links, retention.
+
+Result documents are built here from the page rows, so the API can serve a running job's
+partial result and the worker writes the same shape to result.json.
 
 Each page's JSON is written to `results/{job_id}/pages/{page_index}.json` (0-based, the same
 document as one entry of result.json's `pages`, plus the page's figure names) as soon as the
@@ -26,7 +29,6 @@ from sqlalchemy import delete, exists, select
 
 from core.db import Database
 from core.errors import NotFoundError
-from core.jobs import isoformat, page_to_dict
 from core.logging import get_logger
 from core.outbox import delete_deliveries
 from core.states import JobStatus, PageStatus
@@ -37,8 +39,11 @@ from core.storage import (
     result_json_key,
     result_markdown_key,
 )
-from core.tables import Batch, Job, Page, utcnow
+from core.tables import Batch, Job, Page, isoformat, utcnow
 
+# Pages of a multi-page job's markdown are joined with DeepSeek-OCR's own page separator, on a
+# line of its own, so the joined text still splits back into pages with one str.split().
+PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
 # Figure names as the engines write them: `{page}_{k}.jpg`. Anything else is rejected before it
 # becomes a storage key, so a name can never climb out of the job's folder.
 FIGURE_NAME = re.compile(r"[0-9]{1,6}_[0-9]{1,6}\.jpg")
@@ -48,6 +53,51 @@ EXPIRE_BATCH = 200
 _FINAL_STATUSES = [status.value for status in JobStatus if status.is_final]
 
 log = get_logger(__name__)
+
+
+def page_to_dict(page: Page) -> dict[str, Any]:
+    """Return one page of a result document; failed pages carry error {code, message}."""
+    stored = page.result or {}
+    error = None
+    if page.error_code:
+        error = {"code": page.error_code, "message": page.error_message or ""}
+    return {
+        "index": page.page_index,
+        "width": page.width,
+        "height": page.height,
+        "markdown": page.markdown or "",
+        "blocks": stored.get("blocks", []),
+        "finish_reason": stored.get("finish_reason"),
+        "timings_ms": stored.get("timings_ms", {}),
+        "status": page.status,
+        "error": error,
+    }
+
+
+def join_page_markdown(pages: Sequence[Page]) -> str:
+    """Join page markdowns in page order with PAGE_SEPARATOR.
+
+    A failed page keeps its place as an HTML comment naming its error code, so page k of the
+    split text is still page k of the document.
+    """
+    parts = []
+    for page in sorted(pages, key=lambda item: item.page_index):
+        if page.status == PageStatus.SUCCEEDED:
+            parts.append((page.markdown or "").strip())
+        else:
+            code = page.error_code or page.status
+            parts.append(f"<!-- ocrq: page {page.page_index + 1} not read ({code}) -->")
+    return PAGE_SEPARATOR.join(parts)
+
+
+def build_result(job_id: str, pages: Sequence[Page]) -> dict[str, Any]:
+    """Return the result document `{job_id, markdown, pages: [...]}` for these page rows."""
+    ordered = sorted(pages, key=lambda item: item.page_index)
+    return {
+        "job_id": job_id,
+        "markdown": join_page_markdown(ordered),
+        "pages": [page_to_dict(page) for page in ordered],
+    }
 
 
 def page_json_key(job_id: str, page_index: int) -> str:

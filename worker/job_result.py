@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.jobs import build_result
 from core.logging import elapsed_ms, get_logger
 from core.outbox import record_job_finished
+from core.results import build_result
 from core.states import JobStatus, PageStatus, final_job_status
 from core.storage import result_json_key, result_markdown_key
 from core.tables import Page, utcnow

@@ -13,7 +13,8 @@ from sqlalchemy.exc import OperationalError
 from core.celery_app import set_embedded_runner
 from core.errors import ConflictError, InputError, NotFoundError
 from core.idempotency_store import IdempotentRequest
-from core.jobs import JOB_MODES, JOB_TASKS, PAGE_SEPARATOR, job_to_dict
+from core.jobs import JOB_MODES, JOB_TASKS, job_to_dict
+from core.results import PAGE_SEPARATOR
 from core.settings import Settings
 from core.states import JobStatus
 from core.storage import input_key, result_json_key

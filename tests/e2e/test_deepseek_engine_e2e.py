@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file, save_file
 
-from core.jobs import PAGE_SEPARATOR
+from core.results import PAGE_SEPARATOR
 from models.deepseek_ocr.preprocess import count_image_tokens
 from models.deepseek_ocr.prompts import build_prompt_ids, load_tokenizer
 from models.deepseek_ocr.random_weights import save_random_checkpoint

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.celery_app import set_embedded_runner
-from core.jobs import PAGE_SEPARATOR
+from core.results import PAGE_SEPARATOR
 from core.settings import Settings
 from core.states import JobStatus
 from models.engine import Engine
