@@ -67,7 +67,8 @@ def run(
     from core.celery_app import set_embedded_runner
     from core.db import upgrade_database
     from core.errors import InputError
-    from core.jobs import JobService, check_job_options
+    from core.job_options import check_job_options
+    from core.jobs import JobService
     from core.logging import configure_logging
     from core.settings import load_settings
     from worker.runner import build_context, run_job_inline

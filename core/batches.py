@@ -28,15 +28,8 @@ from core.documents import Limits
 from core.errors import InputError, NotFoundError
 from core.idempotency_store import IdempotentRequest, create_or_replay, record_key
 from core.inputs import PreparedInput, prepare_source, prepare_upload
-from core.jobs import (
-    DEFAULT_MODE,
-    DEFAULT_TASK,
-    JobService,
-    cancel_pages,
-    check_job_options,
-    check_webhook_url,
-    job_to_dict,
-)
+from core.job_options import DEFAULT_MODE, DEFAULT_TASK, check_job_options, check_webhook_url
+from core.jobs import JobService, cancel_pages, job_to_dict
 from core.logging import get_logger
 from core.outbox import BATCH_RUNNING, record_batch_event, record_job_event
 from core.states import JobStatus

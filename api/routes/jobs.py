@@ -28,7 +28,8 @@ from core.errors import ConflictError, InputError, NotFoundError
 from core.idempotency import file_sha256, request_fingerprint
 from core.idempotency_store import IdempotentRequest
 from core.inputs import parse_source
-from core.jobs import DEFAULT_MODE, DEFAULT_TASK, JOB_MODES, JOB_TASKS, JobService, job_to_dict
+from core.job_options import DEFAULT_MODE, DEFAULT_TASK, JOB_MODES, JOB_TASKS
+from core.jobs import JobService, job_to_dict
 from core.logging import get_logger
 from core.results import result_links
 from core.states import JobStatus

@@ -13,7 +13,8 @@ from sqlalchemy.exc import OperationalError
 from core.celery_app import set_embedded_runner
 from core.errors import ConflictError, InputError, NotFoundError
 from core.idempotency_store import IdempotentRequest
-from core.jobs import JOB_MODES, JOB_TASKS, job_to_dict
+from core.job_options import JOB_MODES, JOB_TASKS
+from core.jobs import job_to_dict
 from core.results import PAGE_SEPARATOR
 from core.settings import Settings
 from core.states import JobStatus
@@ -188,7 +189,7 @@ def test_job_modes_and_tasks_match_engine_protocol() -> None:
 
 
 def test_rapidocr_tasks_match_engine() -> None:
-    from core.jobs import RAPIDOCR_TASKS
+    from core.job_options import RAPIDOCR_TASKS
     from models import rapidocr_engine
 
     assert RAPIDOCR_TASKS == rapidocr_engine._SUPPORTED_TASKS
