@@ -39,7 +39,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
             message = f"The JSON body is larger than the maximum of {MAX_JSON_BODY_BYTES} bytes."
             raise ApiError(413, "body_too_large", message)
     try:
-        document = load_json(body)
+        document = load_json(bytes(body))
     except ValueError as exc:
         raise ApiError(422, "invalid_json", f"The request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):

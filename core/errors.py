@@ -28,7 +28,9 @@ class InputError(OcrError):
     code = "invalid_input"
     http_status = 422
 
-    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, http_status: int | None = None
+    ) -> None:
         super().__init__(message, code=code)
         if http_status is not None:
             self.http_status = http_status

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Unset: embedded mode, tasks run in the calling process. Example: redis://127.0.0.1:6379/0
     broker_url: str | None = None
-    # Unset: file:// under data_dir. Or s3://bucket/prefix (with s3_endpoint_url for non-AWS servers).
+    # Unset: file:// under data_dir. Or s3://bucket/prefix, with s3_endpoint_url for non-AWS
+    # servers.
     storage_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"

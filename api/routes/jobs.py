@@ -369,6 +369,8 @@ def parse_job_options(fields: dict[str, str]) -> dict[str, Any]:
 
     webhook_url = fields.get("webhook_url")
     if webhook_url:
+        scheme: str | None
+        hostname: str | None
         try:
             parsed = urlparse(webhook_url)
             scheme, hostname, _ = parsed.scheme, parsed.hostname, parsed.port

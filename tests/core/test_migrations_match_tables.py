@@ -71,7 +71,7 @@ def test_downgrade_to_0001_drops_tenant_tables(
     else:
         url = request.getfixturevalue("postgres_server").create_database()
     upgrade_database(url)
-    assert ISSUE_4_TABLES <= table_names(url)
+    assert table_names(url) >= ISSUE_4_TABLES
 
     downgrade_database(url, "0001")
 
@@ -79,4 +79,4 @@ def test_downgrade_to_0001_drops_tenant_tables(
     assert not ISSUE_4_TABLES & remaining
     assert {"jobs", "pages"} <= remaining
     upgrade_database(url)
-    assert ISSUE_4_TABLES <= table_names(url)
+    assert table_names(url) >= ISSUE_4_TABLES
