@@ -237,9 +237,10 @@ class JobService:
             log.warning("job.enqueue_failed", job_id=job_id, error_code=exc.code, error=exc.message)
             return False
 
+        # The latest send time, so the sweeper re-sends a queued job at most once per window.
         with self.database.session() as session:
             job = session.get(Job, job_id)
-            if job is not None and job.enqueued_at is None:
+            if job is not None and (job.enqueued_at is None or job.status == JobStatus.QUEUED):
                 job.enqueued_at = utcnow()
         log.info("job.enqueued", job_id=job_id)
         return True
@@ -324,7 +325,12 @@ class JobService:
             return None
 
     def sweep(self, grace_s: int = SWEEP_GRACE_S, now: datetime | None = None) -> list[str]:
-        """Re-enqueue jobs whose enqueue never happened and running jobs whose worker is gone.
+        """Re-enqueue jobs whose enqueue never happened or whose message was lost, and running
+        jobs whose worker is gone.
+
+        A queued job still unclaimed one visibility timeout (3 x OCRQ_TASK_TIME_LIMIT_S) after
+        its last send is sent again: a flushed or lost broker message would otherwise leave it
+        queued forever, and a duplicate message is dropped by the job lease.
 
         A running job is sent again when its heartbeat is older than LEASE_TTL_S and none of its
         pages runs or waits, so the new attempt plans the pages anew or finishes the job. A page
@@ -348,13 +354,22 @@ class JobService:
         # Pending pages of a quiet job get wake messages below (OCRQ_PAGE_WAKE_AFTER_S). The
         # job itself is planned again only after it stayed quiet past the visibility timeout.
         quiet_s = VISIBILITY_TIMEOUT_FACTOR * self.settings.task_time_limit_s
+        message_lost = (
+            (Job.status == JobStatus.QUEUED)
+            & Job.enqueued_at.is_not(None)
+            & (Job.enqueued_at < now - timedelta(seconds=quiet_s))
+        )
         replan = (
             abandoned
             & ~page_live
             & (~page_pending | (Job.heartbeat_at < now - timedelta(seconds=quiet_s)))
         )
         with self.database.session() as session:
-            statement = select(Job.id).where(or_(never_enqueued, replan)).order_by(Job.created_at)
+            statement = (
+                select(Job.id)
+                .where(or_(never_enqueued, message_lost, replan))
+                .order_by(Job.created_at)
+            )
             job_ids = list(session.scalars(statement))
             # Pages whose worker died mid-page: one new page message each.
             stale_pages: list[Any] = session.execute(

@@ -86,6 +86,34 @@ def test_sweep_reenqueues_job_whose_enqueue_failed(harness: Harness, corpus_dir:
     assert harness.service.get_job(job.id).enqueued_at is not None
 
 
+def test_sweep_resends_queued_job_whose_message_was_lost(
+    harness: Harness, corpus_dir: Path
+) -> None:
+    """A job sent but never claimed for a visibility timeout is sent again, once per window."""
+    set_embedded_runner(None)
+    job_id = harness.insert_job(corpus_dir / "phototest.tif", enqueued_at=utcnow())
+    window_s = 3 * harness.settings.task_time_limit_s
+    lost_at = utcnow() - timedelta(seconds=window_s + 5)
+    with harness.database.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=lost_at))
+    set_embedded_runner(harness.enqueued.append)
+
+    first = harness.service.sweep()
+    second = harness.service.sweep()
+
+    assert first == [job_id]
+    assert harness.enqueued == [job_id]
+    assert second == []
+
+
+def test_sweep_leaves_recently_sent_queued_job(harness: Harness, corpus_dir: Path) -> None:
+    set_embedded_runner(None)
+    harness.insert_job(corpus_dir / "phototest.tif", enqueued_at=utcnow())
+    set_embedded_runner(harness.enqueued.append)
+
+    assert harness.service.sweep() == []
+
+
 def test_sweep_waits_out_grace_period(harness: Harness, corpus_dir: Path) -> None:
     """A job just committed may still be between its commit and its enqueue."""
     set_embedded_runner(None)
