@@ -80,7 +80,7 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
     async def handle_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_ERROR:
-            # FastAPI answers 400 when parsing a JSON body raises something other than a decode
+            # FastAPI returns 400 when parsing a JSON body raises something other than a decode
             # error, such as RecursionError on deeply nested brackets.
             message = "The request body is not valid JSON: it is nested too deeply."
             return error_response(422, "invalid_json", message)

@@ -149,14 +149,14 @@ class WebhookEndpointsPublic(BaseModel):
 
 
 class PageLink(BaseModel):
-    """Where one page's JSON can be downloaded; `index` is 0-based."""
+    """Download link of one page's JSON; `index` is 0-based."""
 
     index: int
     url: str | None
 
 
 class FigureLink(BaseModel):
-    """Where one figure crop (`{page}_{k}.jpg`) can be downloaded."""
+    """Download link of one figure crop (`{page}_{k}.jpg`)."""
 
     name: str
     url: str | None

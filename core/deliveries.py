@@ -145,7 +145,7 @@ def redeliver(
 def read_delivery(
     database: Database, job_id: str, delivery_id: str, *, tenant_id: str | None
 ) -> dict[str, Any]:
-    """Return one delivery of a job as it stands; raise NotFoundError when either is unknown."""
+    """Return the current state of one delivery; raise NotFoundError when either id is unknown."""
     with database.session() as session:
         job = session.get(Job, job_id)
         delivery = session.get(WebhookDelivery, delivery_id)

@@ -29,7 +29,7 @@ from core.logging import get_logger
 from core.tables import IdempotencyRecord, utcnow
 
 # Scope of requests that belong to no tenant (OCRQ_AUTH_REQUIRED=false), so the primary key
-# never holds a null.
+# never contains a null.
 NO_TENANT_SCOPE = "-"
 RESOURCE_TYPES = ("job", "batch", "endpoint", "redelivery")
 
@@ -135,7 +135,7 @@ def create_or_replay(
             original = load(original_id)
         except NotFoundError:
             # The client deleted the resource; a replay now creates a new one rather than
-            # answering 404 for the rest of the key's lifetime.
+            # returning 404 for the rest of the key's lifetime.
             _drop_record(database, request, original_id)
         else:
             log.info(

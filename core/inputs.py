@@ -65,7 +65,7 @@ class PreparedInput:
 def parse_source(body: Mapping[str, Any]) -> dict[str, Any]:
     """Return the source of a JSON request, {"type": "url"|"s3", ...}; InputError (422) if bad.
 
-    `body` holds exactly one of "url" (a string) or "s3" ({"bucket", "key"}).
+    `body` contains exactly one of "url" (a string) or "s3" ({"bucket", "key"}).
     """
     kinds = [name for name in (SOURCE_URL, SOURCE_S3) if name in body]
     if len(kinds) != 1:

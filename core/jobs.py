@@ -237,7 +237,8 @@ class JobService:
             log.warning("job.enqueue_failed", job_id=job_id, error_code=exc.code, error=exc.message)
             return False
 
-        # The latest send time, so the sweeper re-sends a queued job at most once per window.
+        # The latest send time: sweep() compares it with the window, so a queued job is re-sent at
+        # most once per window.
         with self.database.session() as session:
             job = session.get(Job, job_id)
             if job is not None and (job.enqueued_at is None or job.status == JobStatus.QUEUED):

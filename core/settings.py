@@ -15,7 +15,7 @@ EngineName = Literal["auto", "deepseek-ocr", "rapidocr"]
 
 
 def default_data_dir() -> Path:
-    """Return the folder that holds the embedded database and local storage."""
+    """Return the folder that contains the embedded database and local storage."""
     return Path.home() / ".ocrq"
 
 
@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     storage_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
-    # Seconds an S3 request waits to connect and then for each answer, so a storage server that
-    # stops answering fails a request (503) instead of hanging it.
+    # Seconds an S3 request waits to connect and then for each response, so an unresponsive
+    # storage server fails a request (503) instead of blocking it.
     s3_connect_timeout_s: float = Field(default=3.0, gt=0)
     s3_read_timeout_s: float = Field(default=10.0, gt=0)
 
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # tenant's own tenants.max_pages_in_flight overrides it.
     tenant_max_pages_in_flight: int = Field(default=8, ge=1)
     # The sweeper sends a wake message (ocrq.process_page) for each pending page of a running
-    # job that has shown no activity for this long, so a lost message never strands a page; it
+    # job with no activity for this long, so a lost message cannot strand a page. The sweeper
     # also runs at least this often. 0 turns the wake-up off.
     page_wake_after_s: int = Field(default=30, ge=0)
     debug: bool = False
@@ -77,12 +77,12 @@ class Settings(BaseSettings):
     # Comma-separated host names, IPs or CIDRs that the SSRF guard (core/ssrf.py) lets URL
     # inputs and webhook targets reach although they are loopback, private or link-local.
     url_allowlist: str = ""
-    # Longest time the worker spends downloading one {"url": ...} input, redirects included.
+    # Maximum time the worker spends downloading one {"url": ...} input, redirects included.
     url_fetch_timeout_s: float = Field(default=60.0, gt=0)
     # Comma-separated buckets that {"s3": {"bucket", "key"}} inputs may name; empty refuses all.
     # They are read with the service's own S3 credentials and OCRQ_S3_ENDPOINT_URL.
     s3_input_buckets: str = ""
-    # Most documents in one POST /v1/batches.
+    # Maximum number of documents in one POST /v1/batches.
     max_batch_jobs: int = Field(default=1000, gt=0)
     # Signs deliveries to a job's or batch's webhook_url when the job has no tenant (no-auth
     # and embedded mode): whsec_ and base64 of 24-64 random bytes. Unset: such events are dropped.

@@ -210,7 +210,7 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        # A server that stops answering costs at most S3_MAX_ATTEMPTS times the timeouts.
+        # An unresponsive server costs at most S3_MAX_ATTEMPTS times the timeouts.
         config = Config(
             retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
             connect_timeout=connect_timeout_s,

@@ -113,7 +113,7 @@ class Page(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Per-page leases for pages of one job spread over several workers: the token fences out a
-    # stale worker, the heartbeat tells the reaper the page is still being read.
+    # stale worker, and the heartbeat shows the sweeper that the page is still being read.
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -174,7 +174,7 @@ class IdempotencyRecord(Base):
 
     __tablename__ = "idempotency_keys"
 
-    # The tenant id, or "-" in no-auth mode, so the primary key never holds a null.
+    # The tenant id, or "-" in no-auth mode, so the primary key never contains a null.
     scope: Mapped[str] = mapped_column(String(36), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))

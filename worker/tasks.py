@@ -1,7 +1,7 @@
 """Celery task registration: ocrq.process_job and ocrq.process_page, bound to core's app by name.
 
 The tasks are thin. ocrq.process_job runs one attempt of the pipeline, which counts the pages
-and sends one ocrq.process_page message per page; when the attempt requests a retry, it
+and sends one ocrq.process_page message per page. When the attempt requests a retry, the task
 schedules the next delivery. ocrq.process_page claims and runs the best page in the database.
 Duplicate deliveries are safe because the pipeline leases the job and each page.
 """

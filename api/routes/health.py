@@ -98,9 +98,9 @@ def ping_broker(broker_url: str | None) -> None:
 
 
 def _run_checks(probes: dict[str, Callable[[], None]]) -> dict[str, str]:
-    """Run the probes at once; one with no answer after READY_CHECK_TIMEOUT_S has failed.
+    """Run the probes at once; one with no result after READY_CHECK_TIMEOUT_S has failed.
 
-    A probe that hangs keeps its thread until its own client times out, but /readyz answers.
+    A probe that hangs keeps its thread until its own client times out, but /readyz still responds.
     """
     executor = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="readyz")
     futures = {name: executor.submit(_check, probe) for name, probe in probes.items()}

@@ -35,7 +35,7 @@ from core.results import result_links
 from core.states import JobStatus
 
 API_PREFIX = "/v1"
-# GET /v1/jobs/{id}?wait= holds a request at most this long, and re-reads the job this often.
+# GET /v1/jobs/{id}?wait= keeps a request open at most this long, and re-reads the job this often.
 MAX_WAIT_S = 60
 WAIT_POLL_INTERVAL_S = 0.25
 # Seconds a client should wait before polling a queued or running job again.

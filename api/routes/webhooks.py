@@ -91,7 +91,7 @@ async def redeliver(
 ) -> JSONResponse:
     """Send a delivery again now, with the same event id and body.
 
-    A repeated Idempotency-Key returns the delivery as it stands without sending it again.
+    A repeated Idempotency-Key returns the delivery's current state without sending it again.
     """
     parsed_job_id, parsed_delivery_id = parse_job_id(job_id), delivery_id[:64]
 

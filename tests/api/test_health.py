@@ -187,7 +187,7 @@ def test_unreachable_storage_returns_503_with_retry_after(
 
 @pytest.fixture
 def silent_server() -> Iterator[str]:
-    """An http://127.0.0.1 URL whose server accepts connections and never answers."""
+    """An http://127.0.0.1 URL whose server accepts connections and never responds."""
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     stop = threading.Event()
@@ -227,7 +227,7 @@ def test_readyz_answers_503_naming_storage_that_never_answers(
     assert elapsed < 5
 
 
-def test_submit_to_storage_that_never_answers_is_503_within_the_timeouts(
+def test_submit_to_unresponsive_storage_is_503(
     make_client: Callable[..., TestClient], silent_server: str, corpus_dir: Path
 ) -> None:
     client = make_client(s3_endpoint_url=silent_server, s3_read_timeout_s=0.3)

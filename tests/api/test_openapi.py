@@ -12,9 +12,9 @@ from api.app import create_app
 from core.settings import Settings
 
 ERROR_BODY_REF = "#/components/schemas/ErrorBody"
-# Every route under /v1 can answer these, whatever it does.
+# Every route under /v1 can return these, whatever it does.
 COMMON_ERRORS = ("401", "422", "500", "503")
-# Path parameters naming a resource; a route with one answers 404 for an unknown id.
+# Path parameters naming a resource; a route with one returns 404 for an unknown id.
 ID_PARAMETERS = {"job_id", "batch_id", "delivery_id", "endpoint_id", "key_id", "name", "page_index"}
 
 

@@ -44,7 +44,7 @@ def test_figure_route_serves_the_stored_jpeg(
 
 
 @pytest.mark.parametrize("name", ["..%2Fresult.json", "..%2F..%2Finputs", "0_9.jpg", "x.jpg"])
-def test_figure_route_answers_404_for_bad_or_missing_names(
+def test_figure_route_404_for_bad_names(
     make_client: Callable[..., TestClient], corpus_dir: Path, name: str
 ) -> None:
     client = make_client()
@@ -118,7 +118,7 @@ def test_result_links_on_file_storage_are_api_routes(
 def test_running_batch_read_carries_retry_after(
     make_client: Callable[..., TestClient], corpus_dir: Path
 ) -> None:
-    """A polled batch says when to poll again, as a polled job does; the header is documented."""
+    """A polled batch sends Retry-After, as a polled job does; the header is documented."""
     client = make_client()
     path = corpus_dir / "phototest.tif"
     with path.open("rb") as handle:

@@ -1,7 +1,7 @@
 """Property-based run of the whole API from its OpenAPI document (schemathesis).
 
 Every operation gets generated requests, valid and invalid, authenticated as one tenant, on
-PostgreSQL, moto S3 and a Redis queue nobody reads. A response must never be a 5xx, and its
+PostgreSQL, moto S3 and a Redis queue that no worker reads. A response must never be a 5xx, and its
 status, content type, headers and body must match the document. URL hosts resolve to 127.0.0.1
 (allow-listed) so the run never looks up or reaches another host.
 """
@@ -68,7 +68,7 @@ def finished_job(client: TestClient, corpus_dir: Path) -> str:
 
 
 def submitted_batch(client: TestClient, corpus_dir: Path) -> str:
-    """Submit a one-document batch (left queued: nobody reads the queue); return its id."""
+    """Submit a one-document batch (left queued: no worker reads the queue); return its id."""
     path = corpus_dir / "phototest.tif"
     with path.open("rb") as handle:
         response = client.post("/v1/batches", files=[("file", (path.name, handle))])
@@ -82,7 +82,7 @@ def check_operation(
 ) -> str | None:
     """Run generated cases of one operation; return the first failure's report, or None.
 
-    `fixed` holds as_strategy's fixed parts (path_parameters=...), e.g. a real job id.
+    `fixed` contains as_strategy's fixed parts (path_parameters=...), e.g. a real job id.
     """
 
     @given(case=operation.as_strategy(generation_mode=mode, **fixed))

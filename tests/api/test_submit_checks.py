@@ -43,7 +43,7 @@ def test_auto_engine_with_model_accepts_figure_task(
         ("http://169.254.169.254/latest", "url_not_allowed"),
         ("http://10.1.2.3/hook", "url_not_allowed"),
         ("http://localhost/hook", "url_not_allowed"),
-        # The route's own shape check answers before the SSRF guard.
+        # The route's own shape check runs before the SSRF guard.
         ("ftp://example.com/hook", "invalid_webhook_url"),
         ("http://[::1", "invalid_webhook_url"),
         ("http://example.com:99999/hook", "invalid_webhook_url"),

@@ -107,7 +107,7 @@ def test_url_job_is_fetched_and_read_by_the_pipeline(
     assert harness.storage.exists(finished.input_key)
 
 
-def test_url_job_fetching_a_non_document_fails_with_input_code(
+def test_url_job_non_document_fails(
     harness: Harness, file_server: tuple[str, Path]
 ) -> None:
     base_url, folder = file_server

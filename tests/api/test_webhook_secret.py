@@ -22,7 +22,7 @@ def stored_secret(database_url: str, tenant: str) -> str:
     return row.webhook_secret
 
 
-def test_secret_is_the_one_that_signs_the_tenants_webhook_url_deliveries(
+def test_secret_signs_webhook_url_deliveries(
     make_client: Callable[..., TestClient],
     make_api_key: Callable[..., str],
     api_database_url: str,

@@ -160,7 +160,9 @@ def test_authenticate_updates_last_used_at_sparingly(database: Database) -> None
     with database.session() as session:
         third = session.get(ApiKey, created.key_id)
 
-    assert first is not None and second is not None and third is not None
+    assert first is not None
+    assert second is not None
+    assert third is not None
     assert first.last_used_at is not None
     assert second.last_used_at == first.last_used_at
     assert third.last_used_at is not None

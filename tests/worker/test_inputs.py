@@ -22,7 +22,7 @@ def harness(make_settings: Callable[..., Settings]) -> Iterator[Harness]:
     built.database.dispose()
 
 
-def test_password_pdf_job_succeeds_without_the_password_in_the_worker(
+def test_password_pdf_job_needs_no_worker_password(
     harness: Harness, corpus_dir: Path
 ) -> None:
     """A broker worker is never handed the password; the stored copy is decrypted."""
